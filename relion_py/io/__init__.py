@@ -1,0 +1,1 @@
+"""File formats: RELION STAR text, MRC with RELION's header conventions, tilt-series image sources."""
