@@ -1,0 +1,76 @@
+"""Extraction throughput (particle-tilts per second) next to RELION 5.0.1's, JIT compile time, peak memory.
+
+    RELION_PY_BENCH_ROOT=/path/to/bench_root pytest bench/bench_extract.py --benchmark-enable -s
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import bench_root, cli, relion_anchor, relion_binary, report, timed_run
+
+FIXTURES = Path(__file__).parent.parent / "tests" / "data" / "fixtures"
+STACK2D_ARGS = ["--t", "project/tomograms.star", "--p", "project/particles.star", "--stack2d"]
+
+
+def count_particle_tilts(particles_star):
+    """Visible tilt images written, from rlnTomoVisibleFrames."""
+    import starfile
+    table = starfile.read(particles_star, always_dict=True)["particles"]
+    return int(sum(str(v).count("1") for v in table["rlnTomoVisibleFrames"]))
+
+
+@pytest.mark.parametrize("threads", [2, 1])
+@pytest.mark.parametrize("case,args", [
+    ("a_subtomo_stack2d", ["--b", "128", "--crop", "96"]),
+    ("c_subtomo_stack2d_bin2", ["--b", "64", "--crop", "48", "--bin", "2"]),
+])
+def test_stack2d_throughput(benchmark, case, args, threads):
+    root = bench_root()
+    out = root / f"relion_py_{case}_j{threads}"
+
+    def run():
+        shutil.rmtree(out, ignore_errors=True)
+        return timed_run([cli("relion-py-extract"), *STACK2D_ARGS, *args, "--o", f"{out.name}/", "--j", str(threads)],
+                         cwd=root)
+
+    wall, rss = benchmark.pedantic(run, rounds=1, iterations=1)
+    n = count_particle_tilts(out / "particles.star")
+    figures = dict(case=case, threads=threads, wall_s=wall, particle_tilts=n, particle_tilts_per_s=n / wall,
+                   peak_rss_mib=rss)
+    relion_wall, relion_rss = relion_anchor(case)
+    if threads == 2:  # the anchors were measured with --j 2
+        figures.update(relion_wall_s=relion_wall, relion_particle_tilts_per_s=n / relion_wall,
+                       speedup_vs_relion_anchor=relion_wall / wall, relion_peak_rss_mib=relion_rss)
+    if relion_binary("relion_tomo_subtomo"):
+        ref = root / f"relion_{case}_j{threads}"
+        shutil.rmtree(ref, ignore_errors=True)
+        rwall, _ = timed_run(["relion_tomo_subtomo", *STACK2D_ARGS, *args, "--o", f"{ref.name}/", "--j", str(threads)],
+                             cwd=root)
+        figures.update(relion_measured_wall_s=rwall, speedup_vs_relion_measured=rwall / wall)
+        shutil.rmtree(ref, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    report(benchmark, **figures)
+
+
+def test_jit_compile_time(benchmark):
+    """Cold (empty Numba cache) and cached start-up of a small extraction (fixture case a)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(Path(tmp) / "numba_cache"))
+        project = Path(tmp) / "project"
+        project.mkdir()
+        (project / "synthetic").symlink_to(FIXTURES / "synthetic")
+        argv = [cli("relion-py-extract"), "--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star",
+                "--stack2d", "--b", "64", "--crop", "48", "--j", "2"]
+
+        def run(tag):
+            return timed_run(argv + ["--o", f"out_{tag}/"], cwd=project, env=env)[0]
+
+        cold = benchmark.pedantic(run, args=("cold",), rounds=1, iterations=1)
+        cached = run("cached")
+        startup = timed_run([sys.executable, "-c", "import relion_py.programs.subtomo"], cwd=project, env=env)[0]
+        report(benchmark, cold_run_s=cold, cached_run_s=cached, jit_compile_s=cold - cached, import_s=startup)

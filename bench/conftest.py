@@ -1,0 +1,59 @@
+"""Benchmark helpers: the benchmark-scale project, timed subprocess runs with peak memory, RELION anchors.
+
+The project is the one of ../shared/bench_anchors (2 tomograms, 1024² tilt images, 41 tilts, 2400
+particles). Point RELION_PY_BENCH_ROOT at the folder holding ``project/`` (made by the generator
+command in bench/README.md); benchmarks needing it are skipped otherwise.
+"""
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+ANCHORS = HERE / "relion_anchors.json"
+
+
+def bench_root():
+    root = os.environ.get("RELION_PY_BENCH_ROOT", "")
+    if not root or not (Path(root) / "project" / "tomograms.star").exists():
+        pytest.skip("set RELION_PY_BENCH_ROOT to a folder holding the benchmark project (see bench/README.md)")
+    return Path(root)
+
+
+def relion_anchor(case):
+    """RELION 5.0.1's median wall time (s) and max RSS (MiB) for a bench_anchors case."""
+    data = json.loads(ANCHORS.read_text())["cases"][case]
+    return data["median_wall_s"], data["max_rss_mb"]
+
+
+def timed_run(argv, cwd, env=None):
+    """Run a command; returns (wall seconds, peak RSS MiB of the child). Raises on failure."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {r.stderr.strip()[-500:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before) / 1024.0
+
+
+def cli(name):
+    """Path of a relion_py console script installed next to this Python."""
+    return str(Path(sys.executable).parent / name)
+
+
+def relion_binary(name):
+    return shutil.which(name)
+
+
+def report(benchmark, **figures):
+    """Print the figures and store them in the benchmark's JSON (extra_info)."""
+    benchmark.extra_info.update(figures)
+    print("\n" + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))

@@ -1,0 +1,22 @@
+"""relion-py-extract: drop-in for relion_tomo_subtomo."""
+import sys
+
+from ..options import parse_options
+from ..programs.subtomo import ExtractOptions, extract_subtomograms
+from .common import run_cli
+
+PROG = "relion-py-extract"
+DESCRIPTION = """Extract particles from tilt series, as RELION 5's relion_tomo_subtomo does, with the same flags
+and the same output files: 2-D tilt stacks (--stack2d: <o>/Subtomograms/<particle>_stack2d.mrcs) or 3-D
+pseudo-subtomograms (<particle>_data.mrc + _weights.mrc), <o>/particles.star, <o>/optimisation_set.star,
+<o>/note.txt. Run it from the RELION project folder (paths in STAR files are relative to it)."""
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    opts = parse_options(ExtractOptions, argv, PROG, DESCRIPTION)
+    return run_cli(PROG, lambda: extract_subtomograms(opts, command=[PROG] + argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

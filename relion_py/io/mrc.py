@@ -1,0 +1,183 @@
+"""MRC files as RELION reads and writes them (src/rwMRC.h), with RELION's own float16 (src/float16.h)."""
+import os
+import time
+import warnings
+
+import mrcfile
+import numpy as np
+
+from ..errors import RelionPyError
+from .atomic import atomic_output
+
+HEADER_BYTES = 1024
+# The modes RELION's readMRC accepts (101, SerialEM's 4-bit, is not supported here).
+_MODE_DTYPES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16, 12: np.float16}
+_CHUNK = 1 << 22
+
+
+def float32_to_relion_float16(a):
+    """float32 → IEEE half bit patterns (returned as a float16 array), exactly as ``float2half``.
+
+    RELION's rounding differs from numpy's ``astype(np.float16)``: 1 is added to bit 12 of the mantissa
+    and the rest truncated (round half up on the magnitude); after that carry, magnitudes below 2^-14
+    (float32 subnormals included) become signed zeros and magnitudes ≥ 2^16 become ±65504 (never inf);
+    inf/NaN keep exponent 31 and the top 10 mantissa bits (so a NaN with only low mantissa bits becomes inf).
+    """
+    bits = np.ascontiguousarray(a, dtype=np.float32).reshape(-1).view(np.uint32)
+    out = np.empty(bits.shape, np.uint16)
+    for start in range(0, bits.size, _CHUNK):
+        u = bits[start:start + _CHUNK]
+        mag = u & np.uint32(0x7FFFFFFF)
+        rounded = mag + np.uint32(1 << 12)  # the carry may run into the exponent, as in RELION
+        # Clipping at 2^16 - ulp gives 0x7bff (65504); re-bias the exponent from 127 to 15.
+        h = (np.minimum(rounded, np.uint32((143 << 23) - 1)) >> 13) - np.uint32(112 << 10)
+        h[rounded < np.uint32(113 << 23)] = 0
+        special = mag >= np.uint32(0x7F800000)
+        if special.any():
+            h[special] = (mag[special] >> 13) - np.uint32(224 << 10)
+        out[start:start + _CHUNK] = h | ((u >> 16) & np.uint32(0x8000))
+    return out.view(np.float16).reshape(np.shape(a))
+
+
+def relion_float16_to_float32(h):
+    """IEEE half → float32 as ``half2float``: like numpy's conversion, except that subnormal halves
+    become signed zeros."""
+    bits = np.ascontiguousarray(h).reshape(-1).view(np.uint16)
+    out = np.empty(bits.shape, np.uint32)
+    for start in range(0, bits.size, _CHUNK):
+        u = bits[start:start + _CHUNK].astype(np.uint32)
+        mag = u & np.uint32(0x7FFF)
+        f = (mag << 13) + np.uint32(112 << 23)  # re-bias the exponent from 15 to 127
+        f[mag >= 0x7C00] += np.uint32(112 << 23)  # inf/NaN: exponent 31 → 255
+        f[mag < 0x0400] = 0
+        out[start:start + _CHUNK] = f | ((u & np.uint32(0x8000)) << 16)
+    return out.view(np.float32).reshape(np.shape(h))
+
+
+def _statistics(values):
+    """(min, max, mean, rms) for the header, as ``MultidimArray::computeMin/Max/Avg/Stddev``: sequential
+    double sums, min/max = first occurrence of the extreme value (that decides the sign of a zero; NaNs
+    are skipped unless the first value is one), rms = sqrt(|E[v^2] - mean^2|) times the integer ratio
+    n/(n-1) — 1 except for n = 2."""
+    flat = values.reshape(-1)
+    n = flat.size
+    if n == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    extremes = []
+    for reduce in (np.fmin.reduce, np.fmax.reduce):
+        value = flat[0] if np.isnan(flat[0]) else reduce(flat)
+        if value == 0:
+            value = flat[np.argmax(flat == 0)]
+        extremes.append(float(value))
+    total = total_sq = 0.0
+    for start in range(0, n, _CHUNK):
+        v = flat[start:start + _CHUNK].astype(np.float64)
+        sq = v * v
+        v[0] += total  # then cumsum == RELION's running sum, not numpy's pairwise sum
+        sq[0] += total_sq
+        total = np.cumsum(v, out=v)[-1]
+        total_sq = np.cumsum(sq, out=sq)[-1]
+    mean = total / n
+    if n == 1:
+        return extremes[0], extremes[1], mean, 0.0
+    var = (total_sq / n - mean * mean) * (n // (n - 1))
+    return extremes[0], extremes[1], mean, float(np.sqrt(abs(var)))
+
+
+def _header(shape, mode, pixel_size, stack, stats):
+    """The 1024 header bytes of ``writeMRC`` (after ``Image::setSamplingRateInHeader``)."""
+    nz, ny, nx = shape
+    words = np.zeros(HEADER_BYTES // 4, "<i4")
+    floats = words.view("<f4")
+    words[0:4] = nx, ny, nz, mode
+    words[7:10] = nx, ny, nz  # mx, my, mz; nxstart.. stay 0
+    ps = np.float32(pixel_size)
+    # Cell in float arithmetic; z is only scaled for volumes (nz > 1): a stack's "z" is its image count.
+    floats[10:13] = ps * np.float32(nx), ps * np.float32(ny), ps * np.float32(nz) if (nz > 1 and not stack) else nz
+    floats[13:16] = 90.0
+    words[16:19] = 1, 2, 3
+    amin, amax, amean, rms = stats
+    floats[19:22] = amin, amax, amean
+    floats[54] = rms
+    words[55] = 1  # nlabl; ispg, nsymbt, exttyp, nversion and origin stay 0
+    raw = bytearray(words.tobytes())
+    raw[208:216] = b"MAP DA\0\0"  # map, then the little-endian machine stamp 0x44 0x41
+    # "Relion " + PACKAGE_VERSION (undefined in RELION's CMake build) + "   " + time stamp
+    label = ("Relion    " + time.strftime("%d-%b-%y  %H:%M:%S")).encode("ascii")
+    raw[224:224 + len(label)] = label
+    return bytes(raw)
+
+
+def write_mrc(path, data, pixel_size, *, stack=False, float16=False):
+    """Write ``data`` ((nz, ny, nx), or (ny, nx)) as RELION does, atomically. Mirrors ``writeMRC``.
+
+    Mode 2 (float32), or 12 with ``float16`` (RELION's rounding). ``stack=True`` for ``.mrcs`` image
+    stacks (cell c = nz, unscaled). The header statistics are computed in double over ``data`` as given
+    (float32 in the tomo programs, double in relion_reconstruct), i.e. before any conversion.
+    """
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    if data.ndim != 3:
+        raise ValueError(f"write_mrc: expected a 2-D or 3-D array, got shape {data.shape}")
+    values = np.ascontiguousarray(data, dtype="<f4")
+    header = _header(data.shape, 12 if float16 else 2, pixel_size, stack, _statistics(data))
+    payload = float32_to_relion_float16(values).astype("<f2", copy=False) if float16 else values
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(header)
+            fh.write(memoryview(payload).cast("B"))
+
+
+def _read_header(path):
+    """Header, on-disk dtype, (nz, ny, nx) and data offset of an MRC file, checked against the file size."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # permissive: RELION's headers (nversion 0) are not MRC2014
+            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
+                header = mrc.header.copy()
+    except OSError as exc:
+        raise RelionPyError(f"cannot read MRC file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise RelionPyError(f"{path} is not a readable MRC file: {exc}") from None
+    mode = int(header.mode)
+    if mode not in _MODE_DTYPES:
+        raise RelionPyError(f"MRC file {path} has unsupported mode {mode} (RELION reads modes 0, 1, 2, 6, 12)")
+    shape = int(header.nz), int(header.ny), int(header.nx)
+    if min(shape) < 1:
+        raise RelionPyError(f"MRC file {path} has a bad size in its header: {shape[2]} x {shape[1]} x {shape[0]}")
+    dtype = np.dtype(_MODE_DTYPES[mode]).newbyteorder(header.mode.dtype.byteorder)
+    offset = HEADER_BYTES + int(header.nsymbt)
+    needed = offset + shape[0] * shape[1] * shape[2] * dtype.itemsize
+    size = os.path.getsize(path)
+    if size < needed:
+        raise RelionPyError(f"MRC file {path} is truncated: {size} bytes, but its header "
+                            f"({shape[2]} x {shape[1]} x {shape[0]}, mode {mode}) needs {needed}")
+    return header, dtype, shape, offset
+
+
+def read_mrc_header_shape(path):
+    """(nz, ny, nx) of a valid MRC file, from its header only."""
+    return _read_header(path)[2]
+
+
+def mmap_mrc(path):
+    """Read-only memory map of the data, shape (nz, ny, nx), in the file's mode (float16 stays float16:
+    convert with ``relion_float16_to_float32``). Files of the other byte order are copied to native."""
+    _, dtype, shape, offset = _read_header(path)
+    data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    if not dtype.isnative:
+        data = data.astype(dtype.newbyteorder("="))
+        data.flags.writeable = False
+    return data
+
+
+def read_mrc(path):
+    """(float32 array (nz, ny, nx), pixel size). Mirrors ``readMRC``: float16 through ``half2float``, the
+    pixel size is cell a / mx (1 if either is 0)."""
+    header, _, _, _ = _read_header(path)
+    data = mmap_mrc(path)
+    data = relion_float16_to_float32(data) if data.dtype.kind == "f" and data.dtype.itemsize == 2 \
+        else np.array(data, dtype=np.float32)
+    mx, a = int(header.mx), float(header.cella.x)
+    return data, (a / mx if mx and a != 0 else 1.0)

@@ -1,0 +1,152 @@
+"""Per-particle, per-tilt 2-D image processing of tomographic extraction: Fourier cropping, sub-pixel
+re-centring, CTF × dose premultiplication, aberration and whitening weights, circular masking.
+
+FFTs are done by the caller (numba has none); these kernels work on whole batches of tilt images
+("items": one visible frame of one particle), in parallel over items.
+"""
+import math
+
+import numba
+import numpy as np
+
+from ._jit import njit
+from .ctf import astigmatism_form, ctf_constants, ctf_value
+
+
+@njit(parallel=True)
+def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf,
+                    dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre, out, out_weights):
+    n, s0 = spectra.shape[0], spectra.shape[1]
+    s = out.shape[1]
+    sh = out.shape[2]
+    bin_scale = np.float32(binning)
+    inv_as = 1.0 / (s * pixel_size)
+    for i in numba.prange(n):
+        f = frames[i]
+        g = groups[i]
+        tx, ty = shifts[i, 0], shifts[i, 1]
+        k1, k2, k3, k4, k5 = ctf_constants(ctf_optics[0], ctf_optics[1], ctf_optics[2], ctf_params[i, 3],
+                                           ctf_params[i, 4])
+        axx, axy, ayy = astigmatism_form(ctf_params[i, 0], ctf_params[i, 1], ctf_params[i, 2])
+        scale = ctf_params[i, 5]
+        for y in range(s):
+            ky = y if y < s // 2 else y - s
+            ysrc = y if y < s // 2 else y - s + s0          # Fourier crop: keep the low frequencies
+            for x in range(sh):
+                v = spectra[i, ysrc, x]
+                if (x + ysrc) % 2 == 1:                    # the source square was ifftshift-ed
+                    v = -v
+                if binning != 1.0:                         # one factor of bin, not bin² (QUIRK)
+                    v = v / bin_scale
+                phase = 2.0 * math.pi * (tx * x / s + ty * ky / s)
+                ramp = np.complex64(complex(math.cos(phase), math.sin(phase)))
+                v = v * ramp
+                if do_ctf:
+                    gamma_offset = even_gamma[g, y, x] if even_gamma.shape[0] > 0 else 0.0
+                    ctf = np.float32(ctf_value(x * inv_as, ky * inv_as, k1, k2, k3, k4, k5, axx, axy, ayy,
+                                               scale, gamma_offset))
+                    c = np.float64(ctf) * np.float64(dose_w[f, y, x])
+                    v = v * np.float32(sign * c)
+                    w = np.float32(c * c)
+                else:
+                    v = v * np.float32(sign)
+                    w = np.float32(1.0)
+                if odd_phase.shape[0] > 0:
+                    p = odd_phase[g, y, x]
+                    v = np.complex64(complex(v.real * p.real + v.imag * p.imag, v.imag * p.real - v.real * p.imag))
+                if noise_w.shape[0] > 0:
+                    v = v * noise_w[f, y, x]
+                    w = w * noise_w[f, y, x]
+                if post_scale != 1.0:
+                    v = v / np.float32(post_scale)
+                if decentre and (x + y) % 2 == 1:
+                    v = -v
+                out[i, y, x] = v
+                out_weights[i, y, x] = w
+
+
+def weight_spectra(spectra, size, binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf,
+                   dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre):
+    """From the spectra of the unbinned squares to the weighted, binned, re-centred 2-D spectra.
+
+    Mirrors, per tilt image: ``Resampling::FourierCrop_fftwHalfStack`` (crop, /bin), ``shiftStack``
+    (phase ramp exp(+2πi t·k/s)), the CTF × dose premultiplication of ``SubtomoProgram::processTomograms``
+    (``CTF::draw`` × ``Damage`` weights, data × float(sign·c), weight float(c²)), odd-aberration
+    correction (× conj(P)), whitening (× NW), the stack2d /bin, and optionally the (-1)^(x+y) factor of a
+    decentred inverse FFT.
+
+    spectra:    (n, s0, s0//2+1) complex64, rfft2 (ortho) of the (not ifftshift-ed) unbinned squares
+    size:       s2D, output box (px); binning: the nominal binning factor (spectra divided by it if != 1)
+    shifts:     (n, 2) float64, t = (pos - s2D/2) in binned px
+    frames:     (n,) int64, frame of each item (rows of dose_w / noise_w)
+    groups:     (n,) int64, optics group row of each item (rows of even_gamma / odd_phase)
+    ctf_params: (n, 6) float64 per item: defocus U, V (Å, depth-corrected), astigmatism angle (deg),
+                B-factor (Å²), phase shift (deg), scale; ctf_optics: (3,) float64 (kV, Cs mm, Q0)
+    pixel_size: binned pixel size (Å/px) of the CTF frequencies
+    dose_w:     (fc, s2D, s2D//2+1) float32; even_gamma: (g, s2D, sh) float64 or (0,1,1);
+    odd_phase:  (g, s2D, sh) complex64 or (0,1,1); noise_w: (fc, s2D, sh) float32 or (0,1,1)
+    Returns (data (n, s2D, s2D//2+1) complex64, weights (n, s2D, s2D//2+1) float32).
+    """
+    n = spectra.shape[0]
+    sh = size // 2 + 1
+    out = np.empty((n, size, sh), np.complex64)
+    out_weights = np.empty((n, size, sh), np.float32)
+    if n:
+        _weight_spectra(spectra, float(binning), shifts, frames, groups, ctf_params, ctf_optics, float(pixel_size), float(sign),
+                        bool(do_ctf), dose_w, even_gamma, odd_phase, noise_w, float(post_scale), bool(decentre),
+                        out, out_weights)
+    return out, out_weights
+
+
+@njit(parallel=True)
+def _crop_circle(images, boundary, falloff, do_crop, grid_precorrect):
+    n, h, w = images.shape
+    mx = float(w // 2)
+    my = float(h // 2)
+    radius = mx - boundary
+    for i in numba.prange(n):
+        mean_out = 0.0
+        if do_crop:
+            total = 0.0
+            count = 0
+            for y in range(h):
+                for x in range(w):
+                    r = math.sqrt((x - mx) ** 2 + (y - my) ** 2)
+                    if r > radius:
+                        total += images[i, y, x]
+                        count += 1
+            mean_out = total / count if count > 0 else 0.0
+        for y in range(h):
+            for x in range(w):
+                r = math.sqrt((x - mx) ** 2 + (y - my) ** 2)
+                v = float(images[i, y, x])
+                if do_crop:
+                    if r < radius - falloff:
+                        m = 1.0
+                    elif r < radius:
+                        m = 0.5 - 0.5 * math.cos(math.pi * (radius - r) / falloff)
+                    else:
+                        m = 0.0
+                    v = m * (v - mean_out)
+                    images[i, y, x] = np.float32(v)
+                if grid_precorrect:
+                    # QUIRK: discontinuous at r = 1 and not normalised (≈ R/π near the centre)
+                    if r < 1.0:
+                        g = 1.0
+                    elif r < radius - 1.0:
+                        g = r / math.sin(math.pi * r / radius)
+                    else:
+                        g = 0.0
+                    images[i, y, x] = np.float32(images[i, y, x] * g)
+
+
+def crop_circle(images, boundary, falloff=5.0, do_crop=True, grid_precorrect=False):
+    """Circular soft mask, in place: radius w/2 - boundary, cosine fall-off of ``falloff`` px, after
+    subtracting the mean of the pixels outside the radius; optionally the 2-D gridding pre-correction.
+
+    Mirrors ``TomoExtraction::cropCircle`` and ``TomoExtraction::griddingPreCorrect``
+    (src/jaz/tomography/extraction.h). images: (n, h, w) float32, modified in place.
+    """
+    if images.shape[0]:
+        _crop_circle(images, float(boundary), float(falloff), bool(do_crop), bool(grid_precorrect))
+    return images

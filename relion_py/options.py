@@ -1,0 +1,64 @@
+"""One definition of a program's options serves both the Python API and the command line.
+
+A program's options are a dataclass whose fields are declared with :func:`option`; the field name is
+the RELION flag without its ``--`` (RELION's flags use underscores: ``--no_ctf``, ``--stack2d``).
+:func:`build_parser` turns the dataclass into an ``argparse`` parser with argument groups (which
+argparse-dataclass cannot make), and :func:`parse_options` returns the dataclass instance.
+"""
+import argparse
+import dataclasses
+
+from .errors import RelionPyError
+
+
+def option(default, help, group="Options", *, required=False, metavar=None, unsupported=None):
+    """A dataclass field that is also a command-line flag.
+
+    ``unsupported``: a reason; the flag is accepted by name (RELION scripts pass it) but using it is
+    an error that names the flag and the reason, never silently ignored.
+    """
+    return dataclasses.field(default=default, metadata=dict(
+        help=help, group=group, required=required, metavar=metavar, unsupported=unsupported))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line, exit status 2 (argparse's convention)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser(options_class, prog, description, epilog=None):
+    """An argparse parser for the options dataclass, grouped by each field's ``group``."""
+    parser = _Parser(prog=prog, description=description, epilog=epilog,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {}
+    for f in dataclasses.fields(options_class):
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        help_text = meta["help"]
+        if meta["unsupported"]:
+            help_text += f" [not supported: {meta['unsupported']}]"
+        kwargs = dict(dest=f.name, help=help_text, default=f.default)
+        if f.type in (bool, "bool"):
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            kwargs["metavar"] = meta["metavar"] or f.name.upper()
+            kwargs["required"] = meta["required"]
+            if not meta["required"] and f.default is not None:
+                kwargs["help"] += " (default: %(default)s)"
+        group.add_argument("--" + f.name, **kwargs)
+    return parser
+
+
+def check_supported(options):
+    """Raise on any flag that is accepted by name but not implemented."""
+    for f in dataclasses.fields(options):
+        reason = f.metadata.get("unsupported")
+        if reason and getattr(options, f.name) != f.default:
+            raise RelionPyError(f"option --{f.name} is not supported: {reason}")
+
+
+def parse_options(options_class, argv, prog, description, epilog=None):
+    """Parse ``argv`` (without the program name) into an ``options_class`` instance."""
+    ns = build_parser(options_class, prog, description, epilog).parse_args(argv)
+    return options_class(**vars(ns))

@@ -1,0 +1,1 @@
+"""The RELION project model: optimisation sets, tomogram sets, particle sets (read from STAR files)."""

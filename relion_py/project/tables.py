@@ -1,0 +1,31 @@
+"""Small helpers to read columns of RELION STAR tables with clear errors."""
+import numpy as np
+
+from ..errors import RelionPyError
+
+
+def require_columns(table, labels, where):
+    """Raise one clear error naming the first missing label of ``labels``."""
+    for label in labels:
+        if label not in table.columns:
+            raise RelionPyError(f"{where}: missing required column {label}")
+
+
+def column(table, label, where, default=None, dtype=np.float64):
+    """A numeric column as an array; ``default`` (scalar) if the column is absent, else an error."""
+    if label not in table.columns:
+        if default is None:
+            raise RelionPyError(f"{where}: missing required column {label}")
+        return np.full(len(table), default, dtype=dtype)
+    try:
+        return table[label].to_numpy(dtype=dtype)
+    except (TypeError, ValueError):
+        raise RelionPyError(f"{where}: column {label} holds non-numeric values") from None
+
+
+def loop_block(blocks, name, where):
+    """The loop table ``data_<name>`` of a read STAR file."""
+    table = blocks.get(name)
+    if table is None or isinstance(table, dict):
+        raise RelionPyError(f"{where}: no table data_{name}")
+    return table

@@ -1,0 +1,174 @@
+"""Tomogram sets: tomograms.star (global table) and the per-tilt-series STAR files.
+
+Mirrors ``TomogramSet::read`` and ``TomogramSet::loadTomogram`` (src/jaz/tomography/tomogram_set.cpp).
+Frame f of a tilt series is row f of its tilt-series STAR file, everywhere (never sorted).
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import RelionPyError
+from ..geometry import tilt_projection_matrices
+from ..io.star import read_star
+from ..io.tilt_images import open_tilt_images
+from .tables import column, loop_block, require_columns
+
+GLOBAL_REQUIRED = ("rlnTomoName", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
+                   "rlnTomoTiltSeriesPixelSize", "rlnTomoHand", "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
+ANGLE_LABELS = ("rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
+MATRIX_LABELS = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
+
+
+@dataclass
+class Tomogram:
+    """One tilt series with its geometry and CTF, all per frame (= tilt-series STAR row).
+
+    Lengths in tilt-series pixels unless stated; defocus in Å; angles in degrees.
+    """
+
+    name: str
+    row: dict                      # the tomograms.star row (all columns)
+    voltage: float                 # kV
+    cs: float                      # mm
+    q0: float                      # amplitude contrast
+    pixel_size: float              # Å / ts px
+    hand: float
+    size: tuple                    # (w0, h0, d0) ints
+    defocus_slope: float
+    bfactor_per_dose: float
+    micrograph_names: list
+    dose: np.ndarray               # (fc,) rlnMicrographPreExposure, e/Å²
+    defocus_u: np.ndarray          # (fc,)
+    defocus_v: np.ndarray          # (fc,)
+    defocus_angle: np.ndarray      # (fc,)
+    ctf_scale: np.ndarray          # (fc,)
+    ctf_bfactor: np.ndarray        # (fc,) Å²
+    phase_shift: np.ndarray        # (fc,) degrees
+    frames: object = field(repr=False)      # the tilt-series table (DataFrame)
+    _images: object = field(default=None, repr=False)
+    _proj: object = field(default=None, repr=False)
+
+    @property
+    def n_frames(self):
+        return len(self.dose)
+
+    @property
+    def centre(self):
+        """Float centre (w0/2.0, ...), the origin of centred coordinates and depth (§3.2; QUIRK: the
+        projection matrices use the integer-divided centre)."""
+        return np.array(self.size, dtype=np.float64) / 2.0
+
+    @property
+    def images(self):
+        """The tilt images (opened on first use, memory-mapped or remote)."""
+        if self._images is None:
+            self._images = open_tilt_images(self.micrograph_names)
+            if self._images.n_frames != self.n_frames:
+                raise RelionPyError(f"tomogram {self.name}: {self._images.n_frames} tilt images for {self.n_frames} rows")
+        return self._images
+
+    @property
+    def projections(self):
+        """(fc, 4, 4) affine projection matrices (``Tomogram::setProjectionMatrix``)."""
+        if self._proj is None:
+            self._proj = self._projection_matrices()
+        return self._proj
+
+    def _projection_matrices(self):
+        where = f"tilt series of {self.name}"
+        t = self.frames
+        if all(label in t.columns for label in MATRIX_LABELS):  # RELION-4 matrices take priority
+            rows = [_parse_vectors(t[label], where, label) for label in MATRIX_LABELS]
+            return np.stack(rows, axis=1)
+        if not all(label in t.columns for label in ANGLE_LABELS):
+            raise RelionPyError(f"{where}: no projection geometry (needs {', '.join(ANGLE_LABELS)} "
+                                f"or {', '.join(MATRIX_LABELS)})")
+        return tilt_projection_matrices(
+            column(t, "rlnTomoXTilt", where, default=0.0), column(t, "rlnTomoYTilt", where),
+            column(t, "rlnTomoZRot", where),
+            column(t, "rlnTomoXShiftAngst", where) / self.pixel_size,
+            column(t, "rlnTomoYShiftAngst", where) / self.pixel_size,
+            self.size, self.images.image_size)
+
+    def close(self):
+        if self._images is not None:
+            self._images.close()
+            self._images = None
+
+
+def _parse_vectors(values, where, label):
+    """Parse '[a,b,c,d]' cells into an (fc, 4) array."""
+    try:
+        return np.array([[float(v) for v in str(s).strip("[] ").split(",")] for s in values])
+    except ValueError:
+        raise RelionPyError(f"{where}: cannot parse {label} vectors") from None
+
+
+def _read_tomogram(row, frames, where):
+    name = str(row["rlnTomoName"])
+    q0 = float(row["rlnAmplitudeContrast"])
+    if not 0.0 <= q0 <= 1.0:
+        raise RelionPyError(f"{where}: rlnAmplitudeContrast of {name} is {q0}, outside [0, 1]")
+    pixel_size = float(row["rlnTomoTiltSeriesPixelSize"])
+    if pixel_size <= 0:
+        raise RelionPyError(f"{where}: rlnTomoTiltSeriesPixelSize of {name} must be positive")
+    ts_where = f"tilt series STAR of {name}"
+    require_columns(frames, ("rlnMicrographName", "rlnMicrographPreExposure", "rlnDefocusU",
+                             "rlnDefocusV", "rlnDefocusAngle"), ts_where)
+    if len(frames) == 0:
+        raise RelionPyError(f"{ts_where}: no tilt images")
+    return Tomogram(
+        name=name, row=dict(row), voltage=float(row["rlnVoltage"]),
+        cs=float(row["rlnSphericalAberration"]), q0=q0, pixel_size=pixel_size,
+        hand=float(row["rlnTomoHand"]),
+        size=tuple(int(row[k]) for k in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")),
+        defocus_slope=float(row.get("rlnTomoDefocusSlope", 1.0)),
+        bfactor_per_dose=float(row.get("rlnCtfBfactorPerElectronDose", 0.0)),
+        micrograph_names=[str(n) for n in frames["rlnMicrographName"]],
+        dose=column(frames, "rlnMicrographPreExposure", ts_where),
+        defocus_u=column(frames, "rlnDefocusU", ts_where),
+        defocus_v=column(frames, "rlnDefocusV", ts_where),
+        defocus_angle=column(frames, "rlnDefocusAngle", ts_where),
+        ctf_scale=column(frames, "rlnCtfScalefactor", ts_where, default=1.0),
+        ctf_bfactor=column(frames, "rlnCtfBfactor", ts_where, default=0.0),
+        phase_shift=column(frames, "rlnPhaseShift", ts_where, default=0.0),
+        frames=frames)
+
+
+class TomogramSet:
+    """The tomograms of a project, in tomograms.star order."""
+
+    def __init__(self, path):
+        self.path = path
+        blocks = read_star(path)
+        table = loop_block(blocks, "global", path)
+        require_columns(table, GLOBAL_REQUIRED, path)
+        if "rlnTomoDeformationGridSizeX" in table.columns:
+            raise RelionPyError(f"{path}: 2-D image deformations (rlnTomoDeformation*) are not supported")
+        names = [str(n) for n in table["rlnTomoName"]]
+        if len(set(names)) != len(names):
+            raise RelionPyError(f"{path}: duplicate rlnTomoName values")
+        self.tomograms = []
+        for (_, row), name in zip(table.iterrows(), names):
+            if "rlnTomoTiltSeriesStarFile" in table.columns:
+                ts_path = str(row["rlnTomoTiltSeriesStarFile"])
+                ts_blocks = read_star(ts_path)
+                frames = ts_blocks.get(name)
+                if frames is None or isinstance(frames, dict):
+                    raise RelionPyError(f"{ts_path}: no table data_{name}")
+            else:  # RELION-4 layout: the per-tilt tables follow data_global in the same file
+                frames = loop_block(blocks, name, path)
+            self.tomograms.append(_read_tomogram(row, frames, path))
+        self.by_name = {t.name: t for t in self.tomograms}
+
+    def __iter__(self):
+        return iter(self.tomograms)
+
+    def __len__(self):
+        return len(self.tomograms)
+
+    def close(self):
+        for t in self.tomograms:
+            t.close()
+
+

@@ -1,0 +1,97 @@
+"""Where each particle lies in each tilt image, and the Fourier-space tilt images cut around it.
+
+Shared by extraction (relion_tomo_subtomo) and reconstruction from tilt series
+(relion_tomo_reconstruct_particle). Mirrors ``TomoExtraction::extractAt3D_Fourier`` /
+``extractAt2D_Fourier`` (src/jaz/tomography/extraction.h), ``ParticleSet::getTrajectoryInPixels``,
+``Tomogram::getVisibilityMinFramesMaxDose`` and the depth-dependent defocus of ``Tomogram::getCtf``.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft
+
+from .geometry import project, visible_frames
+from .kernels.extraction import crop_circle
+
+
+def c_round(v):
+    """C ``round``: half away from zero (not numpy's half-to-even)."""
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+@dataclass
+class ParticleGeometry:
+    """Geometry of n particles of one tomogram over its fc frames (ts px)."""
+
+    rows: np.ndarray        # (n,) rows of the particle table
+    positions: np.ndarray   # (n, 3) particle positions (offsets applied as requested), no motion
+    centres: np.ndarray     # (n, fc, 2) projected centres of the trajectory, image px
+    depth: np.ndarray       # (n, fc) depth of the particle relative to the tomogram centre along the beam
+    visible: np.ndarray     # (n, fc) bool
+
+
+def particle_geometry(particles, rows, tomogram, apply_offsets, radius, max_dose=-1.0, trajectories=None):
+    """Positions, projected centres, depths and visibility of the particles ``rows`` of ``tomogram``.
+
+    radius: visibility radius in ts px (binning · crop / 2). Frames with pre-exposure above
+    ``max_dose`` are invisible when max_dose > 0.
+    """
+    p0 = particles.positions(rows, tomogram, apply_offsets)
+    proj = tomogram.projections
+    traj = np.repeat(p0[:, None, :], tomogram.n_frames, axis=1)
+    if trajectories is not None:
+        names = particles.table["rlnTomoParticleName"].to_numpy()[rows]
+        for j, name in enumerate(names):
+            traj[j] += trajectories.shifts(str(name), tomogram.n_frames) / tomogram.pixel_size
+    centres = np.einsum("fij,nfj->nfi", proj[:, :2, :3], traj) + proj[None, :, :2, 3]
+    depth = project(proj, p0)[..., 2] - project(proj, tomogram.centre[None])[..., 2]
+    visible = visible_frames(centres, radius, tomogram.images.image_size)
+    if max_dose > 0:
+        visible &= (tomogram.dose <= max_dose)[None, :]
+    return ParticleGeometry(rows=np.asarray(rows), positions=p0, centres=centres, depth=depth, visible=visible)
+
+
+@dataclass
+class TiltItems:
+    """The (particle, frame) pairs to extract, with their integer windows and sub-pixel shifts."""
+
+    particle: np.ndarray    # (m,) index into the ParticleGeometry arrays
+    frame: np.ndarray       # (m,) frame index
+    origins: np.ndarray     # (m, 2) int64 (x0, y0) of the unbinned square in the tilt image
+    shifts: np.ndarray      # (m, 2) float64 binned-px shift t moving the particle to the box centre
+
+
+def tilt_items(geom, selection, square, binning, box):
+    """Items of the particles ``selection`` (indices into ``geom``), visible frames only, particle-major.
+
+    Mirrors the offsets of ``extractSquares`` (o = round(c) - s0/2) and ``shiftStack`` (t = (c - o)/bin - s/2).
+    """
+    sel_particle, sel_frame = np.nonzero(geom.visible[selection])
+    particle = np.asarray(selection)[sel_particle]
+    c = geom.centres[particle, sel_frame]
+    origins = (c_round(c) - square // 2).astype(np.int64)
+    shifts = (c - origins) / binning - box // 2
+    return TiltItems(particle=particle, frame=sel_frame, origins=origins, shifts=shifts)
+
+
+def extract_spectra(images, items, square, circle_precrop, threads):
+    """Cut the unbinned squares out of the tilt images (edge-clamped) and Fourier transform them.
+
+    Returns (m, s0, s0//2+1) complex64: ``rfft2`` with ortho normalisation of the squares as cut, NOT
+    ifftshift-ed (for even s0 that is a (-1)^(x+y) factor, applied by ``weight_spectra``).
+    ``circle_precrop`` applies RELION's --circle_precrop mask (radius s0/2, fall-off 5) first.
+    """
+    windows = np.empty((len(items.frame), square, square), np.float32)
+    images.read_windows(items.frame, items.origins, windows)
+    if circle_precrop:
+        crop_circle(windows, boundary=0)
+    return scipy.fft.rfft2(windows, norm="ortho", workers=threads)
+
+
+def defocus_per_item(tomogram, geom, items):
+    """(m, 6) CTF parameters per item: defocus U, V shifted by the particle's depth
+    (hand · ps · slope · depth, ``Tomogram::getCtf``), angle, B-factor, phase shift, scale."""
+    f = items.frame
+    d_f = tomogram.hand * tomogram.pixel_size * tomogram.defocus_slope * geom.depth[items.particle, f]
+    return np.stack([tomogram.defocus_u[f] + d_f, tomogram.defocus_v[f] + d_f, tomogram.defocus_angle[f],
+                     tomogram.ctf_bfactor[f], tomogram.phase_shift[f], tomogram.ctf_scale[f]], axis=1)
