@@ -19,3 +19,8 @@ STACK2D_CASES = [
 @pytest.mark.parametrize("case", STACK2D_CASES)
 def test_stack2d_matches_relion(case, relion_case):
     relion_case(case, main)
+
+
+@pytest.mark.parametrize("case", ["h4_subtomo_stack2d_whiten", "h7_subtomo_stack2d_aberrations"])
+def test_stack2d_whiten_and_aberrations_match_relion(case, relion_case):
+    relion_case(case, main)

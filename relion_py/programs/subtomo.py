@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.fft
 
+from ..aberrations import aberration_tables
 from ..dose import dose_weights
 from ..errors import RelionPyError
 from ..geometry import matrix_to_euler
@@ -19,6 +20,7 @@ from ..io.mrc import write_mrc
 from ..io.star import write_star
 from ..kernels.extraction import crop_circle, weight_spectra
 from ..log import info, warn
+from ..noise import noise_weights
 from ..options import check_supported, option
 from ..progress import Progress
 from ..project.optimisation_set import OptimisationSet
@@ -61,7 +63,7 @@ class ExtractOptions:
     circle_precrop: bool = option(False, "Mask the unbinned square with a soft circle before the Fourier transform",
                                   PROC)
     grid_precorr: bool = option(False, "Apply the 2-D gridding pre-correction", PROC)
-    whiten: bool = option(False, "Whiten the noise using the tilt images' power spectra", PROC, unsupported=NOT_YET)
+    whiten: bool = option(False, "Whiten the noise using the tilt images' power spectra", PROC)
     min_frames: int = option(1, "Keep only particles visible in at least this many frames", SEL)
     max_dose: float = option(-1.0, "Frames with a pre-exposure above this (e/Å²) are left out (if > 0)", SEL)
     cutoff_fract: float = option(0.01, "Dose-weight threshold below which frequencies are not backprojected (3-D)",
@@ -175,10 +177,13 @@ def extract_subtomograms(opts, command=None):
         roots = _output_roots(out_dir, particles, kept)
         files_out = _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, trajectories, kept, roots,
                                         n_removed)
+        # QUIRK: aberrations are evaluated once, at binning × the pixel size of the first optics group
+        aberrations = aberration_tables(particles.optics, sizes.box, opts.bin * particles.optics_pixel_size[0])
         n_images = 0
         for tomo in tomograms:
             if tomo.name in kept and len(kept[tomo.name].rows):
-                n_images += _extract_tomogram(opts, sizes, threads, tomo, particles, kept[tomo.name], roots)
+                n_images += _extract_tomogram(opts, sizes, threads, tomo, particles, kept[tomo.name], roots,
+                                              aberrations)
         if opts.pipeline_control:
             open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
         return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
@@ -300,13 +305,16 @@ def _batches(counts, max_items):
         yield start, len(counts)
 
 
-def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots):
+def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberrations):
     """``processTomograms`` for one tomogram: returns the number of tilt images extracted."""
     pixel_size = tomo.pixel_size * opts.bin         # nominal binned pixel size (CTF, dose, header)
     do_ctf = not opts.no_ctf
     dose_w = dose_weights(tomo.dose, sizes.box, pixel_size, tomo.bfactor_per_dose) if do_ctf else \
         np.zeros((0, 1, 1), np.float32)
-    empty_f32, empty_c64, empty_f64 = (np.zeros((0, 1, 1), t) for t in (np.float32, np.complex64, np.float64))
+    even_gamma, odd_phase = aberrations
+    if not do_ctf:   # the even aberrations act through the CTF only
+        even_gamma = np.zeros((0, 1, 1))
+    noise_w = noise_weights(tomo.images, sizes.box, opts.bin, threads) if opts.whiten else np.zeros((0, 1, 1), np.float32)
     optics = np.array([tomo.voltage, tomo.cs, tomo.q0])
     groups_of_particle = particles.optics_index[geom.rows]
     suffix = "_stack2d.mrcs" if opts.stack2d else "_data.mrc"
@@ -326,7 +334,7 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots):
             data, _ = weight_spectra(
                 spectra, sizes.box, opts.bin, items.shifts, items.frame, groups_of_particle[items.particle],
                 defocus_per_item(tomo, geom, items), optics, pixel_size, 1.0 if opts.no_ic else -1.0, do_ctf,
-                dose_w, empty_f64, empty_c64, empty_f32, opts.bin if opts.stack2d else 1.0, True)
+                dose_w, even_gamma, odd_phase, noise_w, opts.bin if opts.stack2d else 1.0, True)
             del spectra
             images = scipy.fft.irfft2(data, s=(sizes.box, sizes.box), norm="ortho", workers=threads)
             del data
