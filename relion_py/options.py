@@ -42,9 +42,9 @@ def build_parser(options_class, prog, description, epilog=None):
             kwargs["action"] = "store_true"
         else:
             kwargs["type"] = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            kwargs["metavar"] = meta["metavar"] or f.name.upper()
+            kwargs["metavar"] = meta["metavar"] or {"int": "N", "float": "X"}.get(f.type, "VALUE")
             kwargs["required"] = meta["required"]
-            if not meta["required"] and f.default is not None:
+            if not meta["required"] and f.default not in (None, ""):
                 kwargs["help"] += " (default: %(default)s)"
         group.add_argument("--" + f.name, **kwargs)
     return parser
