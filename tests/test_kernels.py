@@ -1,0 +1,169 @@
+"""Kernels and shared numerics against the spec's formulas, written out independently in plain numpy."""
+import math
+
+import numpy as np
+import pytest
+
+from relion_py.dose import dose_weights, dose_x_ranges
+from relion_py.fourier import half_grid, signed_index
+from relion_py.geometry import euler_to_matrix, matrix_to_euler, tilt_projection_matrices
+from relion_py.kernels.ctf import astigmatism_form, ctf_constants, ctf_value
+from relion_py.kernels.extraction import crop_circle, weight_spectra
+from relion_py.kernels.windows import gather_clamped_windows
+from relion_py.noise import radial_average
+
+rng = np.random.default_rng(7)
+
+
+def spec_ctf(fx, fy, kv, cs, q0, du, dv, phi_deg, bfac, scale, phase_deg):
+    """extraction.md §6, the bracketed form of γ."""
+    v = kv * 1e3
+    lam = 12.2643247 / math.sqrt(v * (1 + v * 0.978466e-6))
+    phi = math.radians(phi_deg)
+    u2 = fx * fx + fy * fy
+    gamma = (-math.pi * lam * (du * (fx * math.cos(phi) + fy * math.sin(phi)) ** 2
+                               + dv * (-fx * math.sin(phi) + fy * math.cos(phi)) ** 2)
+             + math.pi / 2 * cs * 1e7 * lam ** 3 * u2 * u2 - math.radians(phase_deg)
+             - math.atan(q0 / math.sqrt(1 - q0 * q0)))
+    return -math.sin(gamma) * math.exp(-bfac / 4 * u2) * scale
+
+
+@pytest.mark.parametrize("fx,fy", [(0.0, 0.0), (0.01, -0.02), (0.1, 0.05), (-0.07, 0.11)])
+def test_ctf_matches_spec_formula(fx, fy):
+    kv, cs, q0, du, dv, phi, bfac, scale, ps = 300.0, 2.7, 0.1, 25000.0, 24000.0, 33.0, 50.0, 0.9, 10.0
+    k = ctf_constants(kv, cs, q0, bfac, ps)
+    a = astigmatism_form(du, dv, phi)
+    got = ctf_value(fx, fy, *k, *a, scale, 0.0)
+    assert got == pytest.approx(spec_ctf(fx, fy, kv, cs, q0, du, dv, phi, bfac, scale, ps), rel=1e-12, abs=1e-8)
+
+
+def test_ctf_clamps_to_signed_minimum():
+    k = ctf_constants(300.0, 2.7, 0.0, 0.0, 0.0)  # Q0 = 0: CTF(0) = 0 → clamped to +1e-8
+    assert ctf_value(0.0, 0.0, *k, *astigmatism_form(1e4, 1e4, 0.0), 1.0, 0.0) == 1e-8
+
+
+def test_signed_index_puts_nyquist_negative():
+    assert list(signed_index(6)) == [0, 1, 2, -3, -2, -1]
+
+
+def test_dose_weights_follow_grant_grigorieff():
+    box, ps, dose = 16, 4.0, np.array([0.0, 10.0, 50.0])
+    w = dose_weights(dose, box, ps)
+    kx, ky = half_grid(box)
+    k = np.sqrt(kx ** 2 + ky ** 2) / (box * ps)
+    with np.errstate(divide="ignore"):
+        expect = np.exp(-0.5 * dose[:, None, None] / (0.245 * k ** -1.665 + 2.81))
+    np.testing.assert_allclose(w, expect.astype(np.float32), rtol=1e-6)
+    assert np.all(w[:, 0, 0] == 1.0) and np.all(w[0] == 1.0)
+
+
+def test_dose_weights_with_bfactor_per_dose():
+    w = dose_weights(np.array([20.0]), 8, 5.0, bfactor_per_dose=4.0)
+    kx, ky = half_grid(8)
+    k2 = (kx ** 2 + ky ** 2) / (8 * 5.0) ** 2
+    np.testing.assert_allclose(w[0], np.exp(-4.0 * 20.0 / 4 * k2), rtol=1e-6)
+
+
+def test_dose_x_ranges_follow_the_loop_definition():
+    w = dose_weights(np.array([0.0, 30.0, 120.0]), 20, 2.0)
+    got = dose_x_ranges(w, 0.01)
+    s, sh = 20, 11
+    for f in range(3):
+        for y in range(s):
+            ky = y if y < s // 2 else y - s
+            xmax = math.sqrt((s * s) // 4 - ky * ky)
+            expect, x = 0, 0
+            while x < sh and x <= xmax:
+                if w[f, y, x] > 0.01:
+                    expect = x + 1
+                x += 1
+            assert got[f, y] == expect
+
+
+def test_gather_clamped_windows_replicates_edges():
+    stack = rng.normal(size=(3, 20, 30)).astype(np.float32)
+    slices = np.array([2, 0, 1])
+    origins = np.array([[-5, -3], [25, 15], [4, 6]])
+    out = np.empty((3, 8, 8), np.float32)
+    gather_clamped_windows(stack, slices, origins, out)
+    for i, (s, (x0, y0)) in enumerate(zip(slices, origins)):
+        ys = np.clip(np.arange(8) + y0, 0, 19)
+        xs = np.clip(np.arange(8) + x0, 0, 29)
+        np.testing.assert_array_equal(out[i], stack[s][np.ix_(ys, xs)])
+
+
+def test_crop_circle_matches_spec():
+    img = rng.normal(size=(2, 24, 24)).astype(np.float32)
+    got = crop_circle(img.copy(), boundary=4, falloff=5.0)
+    mx = 12.0
+    y, x = np.mgrid[:24, :24]
+    r = np.sqrt((x - mx) ** 2 + (y - mx) ** 2)
+    radius = mx - 4
+    mask = np.where(r < radius - 5, 1.0, np.where(r < radius, 0.5 - 0.5 * np.cos(np.pi * (radius - r) / 5), 0.0))
+    for i in range(2):
+        mean_out = img[i].astype(np.float64)[r > radius].mean()
+        np.testing.assert_allclose(got[i], (mask * (img[i] - mean_out)).astype(np.float32), atol=1e-6)
+
+
+def reference_weighting(square, binning, box, shift, ctf_args, dose_w, sign):
+    """One item through extraction.md §8.3–§9.2 in plain numpy (complex128)."""
+    s0 = square.shape[0]
+    f = np.fft.rfft2(np.fft.ifftshift(square), norm="ortho")
+    if binning != 1:
+        rows = np.r_[0:box // 2, s0 - box // 2:s0]
+        f = f[rows, :box // 2 + 1] / binning
+    kx, ky = half_grid(box)
+    f = f * np.exp(2j * np.pi * (shift[0] * kx + shift[1] * ky) / box)
+    kv, cs, q0, du, dv, phi, bfac, scale, phase, ps = ctf_args
+    ctf = np.vectorize(lambda a, b: spec_ctf(a, b, kv, cs, q0, du, dv, phi, bfac, scale, phase))(
+        kx / (box * ps), ky / (box * ps))
+    return f * sign * ctf * dose_w
+
+
+@pytest.mark.parametrize("binning,square,box", [(1.0, 32, 32), (2.0, 48, 24)])
+def test_weight_spectra_matches_numpy_reference(binning, square, box):
+    img = rng.normal(size=(square, square)).astype(np.float32)
+    shift = np.array([0.3, -0.45])
+    ctf_args = (300.0, 2.7, 0.07, 21000.0, 20500.0, 12.0, 20.0, 1.0, 5.0, 4.0 * binning)
+    dose_w = dose_weights(np.array([12.0]), box, ctf_args[-1])
+    spectrum = np.fft.rfft2(img, norm="ortho").astype(np.complex64)[None]
+    data, weights = weight_spectra(
+        spectrum, box, binning, shift[None], np.zeros(1, np.int64), np.zeros(1, np.int64),
+        np.array([[21000.0, 20500.0, 12.0, 20.0, 5.0, 1.0]]), np.array([300.0, 2.7, 0.07]), ctf_args[-1], -1.0, True,
+        dose_w, np.zeros((0, 1, 1)), np.zeros((0, 1, 1), np.complex64), np.zeros((0, 1, 1), np.float32), 1.0, False)
+    expect = reference_weighting(img.astype(np.float64), binning, box, shift, ctf_args, dose_w[0], -1.0)
+    assert np.abs(data[0] - expect).max() <= 1e-5 * np.abs(expect).max()
+    kx, ky = half_grid(box)
+    ctf = np.vectorize(lambda a, b: spec_ctf(a, b, *ctf_args[:-1]))(kx / (box * ctf_args[-1]), ky / (box * ctf_args[-1]))
+    np.testing.assert_allclose(weights[0], (ctf * dose_w[0]) ** 2, rtol=1e-5, atol=1e-9)
+
+
+def test_projection_matrix_follows_spec():
+    p = tilt_projection_matrices([1.5], [30.0], [4.0], [2.0], [-3.0], (101, 87, 41), (96, 80))[0]
+    a, b, c = np.radians([1.5, 30.0, 4.0])
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    r = rz @ ry @ rx
+    point = np.array([10.0, 20.0, 5.0])
+    expect = r @ (point - np.array([50, 43, 20])) + np.array([48, 40, 0]) + np.array([2.0, -3.0, 0])
+    np.testing.assert_allclose(p[:3, :3] @ point + p[:3, 3], expect, atol=1e-12)
+
+
+def test_euler_round_trip_and_relion_convention():
+    angles = np.array([[10.0, 30.0, -50.0], [-160.0, 170.0, 5.0], [80.0, 0.0, 0.0]])
+    m = euler_to_matrix(*angles.T)
+    np.testing.assert_allclose(m @ np.transpose(m, (0, 2, 1)), np.broadcast_to(np.eye(3), m.shape), atol=1e-12)
+    # RELION's ZYZ: third row is the projection direction (sinθcosφ, sinθsinφ, cosθ)
+    t, r = np.radians(30.0), np.radians(10.0)
+    np.testing.assert_allclose(m[0, 2], [np.sin(t) * np.cos(r), np.sin(t) * np.sin(r), np.cos(t)], atol=1e-12)
+    back = np.stack(matrix_to_euler(m), axis=1)
+    np.testing.assert_allclose(euler_to_matrix(*back.T), m, atol=1e-12)
+
+
+def test_radial_average_linear_binning():
+    values = np.array([1.0, 3.0, 5.0])
+    radius = np.array([0.0, 1.5, 2.0])
+    got = radial_average(values, radius, 3)
+    # bin0: 1·1; bin1: 0.5·3; bin2: 0.5·3 + 1·5
+    np.testing.assert_allclose(got, [1.0, 3.0, (1.5 + 5.0) / 1.5])
