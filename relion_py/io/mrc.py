@@ -1,10 +1,9 @@
 """MRC files as RELION reads and writes them (src/rwMRC.h), with RELION's own float16 (src/float16.h)."""
 import os
 import time
-import warnings
 
-import mrcfile
 import numpy as np
+from mrcfile.dtypes import HEADER_DTYPE
 
 from ..errors import RelionPyError
 from .atomic import atomic_output
@@ -93,7 +92,8 @@ def _header(shape, mode, pixel_size, stack, stats):
     words[7:10] = nx, ny, nz  # mx, my, mz; nxstart.. stay 0
     ps = np.float32(pixel_size)
     # Cell in float arithmetic; z is only scaled for volumes (nz > 1): a stack's "z" is its image count.
-    floats[10:13] = ps * np.float32(nx), ps * np.float32(ny), ps * np.float32(nz) if (nz > 1 and not stack) else nz
+    floats[10:12] = ps * np.float32(nx), ps * np.float32(ny)
+    floats[12] = ps * np.float32(nz) if (nz > 1 and not stack) else nz
     floats[13:16] = 90.0
     words[16:19] = 1, 2, 3
     amin, amax, amean, rms = stats
@@ -130,26 +130,33 @@ def write_mrc(path, data, pixel_size, *, stack=False, float16=False):
 
 
 def _read_header(path):
-    """Header, on-disk dtype, (nz, ny, nx) and data offset of an MRC file, checked against the file size."""
+    """Header, on-disk dtype, (nz, ny, nx) and data offset of an MRC file, checked against the file size.
+
+    Mirrors ``parseMRCHeader``: the byte order is the one in which mode and nx look sane (not the machine
+    stamp), and only the modes RELION reads are accepted.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # permissive: RELION's headers (nversion 0) are not MRC2014
-            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-                header = mrc.header.copy()
+        with open(path, "rb") as fh:
+            raw = fh.read(HEADER_BYTES)
+        size = os.path.getsize(path)
     except OSError as exc:
         raise RelionPyError(f"cannot read MRC file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise RelionPyError(f"{path} is not a readable MRC file: {exc}") from None
-    mode = int(header.mode)
+    if len(raw) < HEADER_BYTES:
+        raise RelionPyError(f"{path} is not an MRC file: {len(raw)} bytes, shorter than the 1024-byte header")
+    header = np.frombuffer(raw, HEADER_DTYPE.newbyteorder("<"))[0]
+    if abs(int(header["mode"])) > 65535 or abs(int(header["nx"])) > 65535:
+        header = np.frombuffer(raw, HEADER_DTYPE.newbyteorder(">"))[0]
+    mode = int(header["mode"])
     if mode not in _MODE_DTYPES:
-        raise RelionPyError(f"MRC file {path} has unsupported mode {mode} (RELION reads modes 0, 1, 2, 6, 12)")
-    shape = int(header.nz), int(header.ny), int(header.nx)
-    if min(shape) < 1:
-        raise RelionPyError(f"MRC file {path} has a bad size in its header: {shape[2]} x {shape[1]} x {shape[0]}")
-    dtype = np.dtype(_MODE_DTYPES[mode]).newbyteorder(header.mode.dtype.byteorder)
-    offset = HEADER_BYTES + int(header.nsymbt)
+        raise RelionPyError(f"MRC file {path} has unsupported mode {mode} "
+                            "(RELION reads modes 0, 1, 2, 6, 12)")
+    shape = int(header["nz"]), int(header["ny"]), int(header["nx"])
+    if min(shape) < 1 or int(header["nsymbt"]) < 0:
+        raise RelionPyError(f"MRC file {path} has a corrupt header (size {shape[2]} x {shape[1]} x "
+                            f"{shape[0]}, extended header {int(header['nsymbt'])} bytes)")
+    dtype = np.dtype(_MODE_DTYPES[mode]).newbyteorder(header.dtype["mode"].byteorder)
+    offset = HEADER_BYTES + int(header["nsymbt"])
     needed = offset + shape[0] * shape[1] * shape[2] * dtype.itemsize
-    size = os.path.getsize(path)
     if size < needed:
         raise RelionPyError(f"MRC file {path} is truncated: {size} bytes, but its header "
                             f"({shape[2]} x {shape[1]} x {shape[0]}, mode {mode}) needs {needed}")
@@ -161,23 +168,25 @@ def read_mrc_header_shape(path):
     return _read_header(path)[2]
 
 
-def mmap_mrc(path):
-    """Read-only memory map of the data, shape (nz, ny, nx), in the file's mode (float16 stays float16:
-    convert with ``relion_float16_to_float32``). Files of the other byte order are copied to native."""
-    _, dtype, shape, offset = _read_header(path)
+def _map(path):
+    header, dtype, shape, offset = _read_header(path)
     data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
     if not dtype.isnative:
         data = data.astype(dtype.newbyteorder("="))
         data.flags.writeable = False
-    return data
+    return header, data
+
+
+def mmap_mrc(path):
+    """Read-only memory map of the data, shape (nz, ny, nx), in the file's mode (float16 stays float16:
+    convert with ``relion_float16_to_float32``). Files of the other byte order are copied to native."""
+    return _map(path)[1]
 
 
 def read_mrc(path):
     """(float32 array (nz, ny, nx), pixel size). Mirrors ``readMRC``: float16 through ``half2float``, the
     pixel size is cell a / mx (1 if either is 0)."""
-    header, _, _, _ = _read_header(path)
-    data = mmap_mrc(path)
-    data = relion_float16_to_float32(data) if data.dtype.kind == "f" and data.dtype.itemsize == 2 \
-        else np.array(data, dtype=np.float32)
-    mx, a = int(header.mx), float(header.cella.x)
+    header, data = _map(path)
+    data = relion_float16_to_float32(data) if data.dtype == np.float16 else np.array(data, dtype=np.float32)
+    mx, a = int(header["mx"]), float(header["cella"]["x"])
     return data, (a / mx if mx and a != 0 else 1.0)

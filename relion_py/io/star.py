@@ -14,7 +14,7 @@ from ..errors import RelionPyError
 from .atomic import atomic_output
 from .star_labels import label_type
 
-_LABEL_LINE = re.compile(rb"^[ \t]*_(\S+)", re.M)
+_LABEL_LINE = re.compile(rb"\n[ \t]*_(\S+)")
 _LEADING_INT = re.compile(r"\s*([+-]?\d+)")
 
 
@@ -32,11 +32,9 @@ def read_star(path):
         raise RelionPyError(f"cannot read STAR file {path}: {exc.strerror}") from None
     if not raw.strip():
         raise RelionPyError(f"STAR file {path} is empty")
-    if not raw.endswith(b"\n"):
-        raise RelionPyError(f"STAR file {path} does not end with a newline (truncated?)")
     # Every column is read as text and typed here: starfile's own guess would turn e.g. rlnTomoName '1'
     # into an int and rewrite unknown labels' values.
-    labels = sorted({m.decode("utf-8", "replace") for m in _LABEL_LINE.findall(raw)})
+    labels = sorted({m.decode("utf-8", "replace") for m in _LABEL_LINE.findall(b"\n" + raw)})
     try:
         blocks = starfile.read(path, always_dict=True, parse_as_string=labels)
     except Exception as exc:  # starfile/pandas raise many types on malformed text
@@ -47,7 +45,8 @@ def read_star(path):
     for name, block in blocks.items():
         where = f"STAR file {path}, data_{name}"
         if isinstance(block, pd.DataFrame):
-            out[name] = pd.DataFrame({label: _typed_column(label, block[label], where) for label in block.columns})
+            out[name] = pd.DataFrame({label: _typed_column(label, block[label], where)
+                                      for label in block.columns})
         else:
             out[name] = {label: _typed_value(label, text, where) for label, text in block.items()}
     return out
@@ -95,7 +94,7 @@ def _typed_column(label, texts, where):
     # starfile reads 'nan' tokens as NaN, and the missing trailing fields of a short row as ''.
     if kind in (None, "string"):
         return texts.map(lambda t: "nan" if isinstance(t, float) else t)
-    missing = np.flatnonzero(texts.map(lambda t: isinstance(t, str) and t == "").to_numpy())
+    missing = np.flatnonzero((texts == "").to_numpy(dtype=bool))
     if len(missing):
         raise RelionPyError(f"{where}: row {missing[0] + 1} has no value for _{label} (truncated file?)")
     try:
@@ -105,11 +104,12 @@ def _typed_column(label, texts, where):
             try:
                 return texts.astype(np.int64)
             except (ValueError, TypeError):
-                pass  # e.g. '1.0': fall back to C++'s leading-integer rule
-        return texts.map(_converter(kind)).astype(bool if kind == "bool" else (np.int64 if kind == "int" else object))
+                pass  # e.g. '1.0': C++'s leading-integer rule below
+        values = texts.map(_converter(kind))
+        return values if kind.startswith("vector") else values.astype(np.int64 if kind == "int" else bool)
     except (ValueError, TypeError):
         for text in texts:
-            _typed_value(label, text, where)
+            _typed_value(label, text, where)  # raises the error naming the first bad value
         raise
 
 
@@ -122,8 +122,13 @@ def parse_vector(kind, text):
     text = str(text).strip()
     if not (text.startswith("[") and text.endswith("]")):
         raise ValueError(text)
-    convert = float if kind == "vector_double" else _leading_int
-    return [convert(tok) for tok in text[1:-1].split(",") if tok.strip()]
+    convert = float if kind == "vector_double" else int
+    body = text[1:-1]
+    try:
+        return [convert(tok) for tok in body.split(",")] if body else []
+    except ValueError:  # RELION's strtok skips empty tokens; C++ reads '1.5' into an int as 1
+        convert = float if kind == "vector_double" else _leading_int
+        return [convert(tok) for tok in body.split(",") if tok.strip()]
 
 
 def escape_string(value):
@@ -134,8 +139,8 @@ def escape_string(value):
     if value[0] in "\"'" or " " in value or "\t" in value:
         out = []
         for pos, char in enumerate(value):
-            # RELION marks a '"' that would end the token early with a BEL character (its reader drops
-            # it). The test compares with len-1, i.e. the quote before the last character.
+            # RELION puts a BEL character (dropped by its reader) before a '"' that is followed by a blank,
+            # or (its test is off by one) by exactly one more character.
             if char == '"' and (pos + 1 == len(value) - 1 or value[pos + 1:pos + 2] in (" ", "\t")):
                 out.append("\a")
             out.append(char)
@@ -157,6 +162,10 @@ def _format_double(v):
     return s[:12]
 
 
+def _format_string(v):
+    return escape_string(str(v))
+
+
 def _format_int(v):
     return ("%12d" % (_leading_int(v) if isinstance(v, str) else int(v)))[:12]
 
@@ -166,12 +175,15 @@ def _format_bool(v):
 
 
 def _vector_formatter(kind):
-    element = (lambda x: "%.12g" % float(x)) if kind == "vector_double" else (lambda x: str(int(x)))
+    # C++ ostream with setprecision(12) (== %.12g) for doubles; no blanks.
+    element = "%.12g".__mod__ if kind == "vector_double" else (lambda x: str(int(x)))
 
     def fmt(v):
-        values = parse_vector(kind, v) if isinstance(v, str) else list(np.asarray(v).ravel())
-        # C++ ostream with setprecision(12) (== %.12g), no blanks.
-        return "[" + ",".join(element(x) for x in values) + "]"
+        if isinstance(v, str):
+            v = parse_vector(kind, v)
+        elif not isinstance(v, (list, tuple)):
+            v = np.asarray(v).ravel().tolist()
+        return "[" + ",".join(map(element, v)) + "]"
     return fmt
 
 
@@ -180,7 +192,7 @@ def _formatter(label):
     if kind is None:
         return str
     if kind == "string":
-        return lambda v: escape_string(str(v))
+        return _format_string
     if kind.startswith("vector"):
         return _vector_formatter(kind)
     return {"double": _format_double, "int": _format_int, "bool": _format_bool}[kind]
@@ -200,14 +212,11 @@ def write_star(path, blocks):
     """
     parts = []
     for name, block in blocks.items():
-        if isinstance(block, pd.DataFrame):
-            if len(block) == 0:
-                continue
-            parts.append(f"\n# version 50001\n\ndata_{name}\n\n")
-            parts.append(_loop_text(block))
-        else:
-            parts.append(f"\n# version 50001\n\ndata_{name}\n\n")
-            parts.append(_list_text(block))
+        is_loop = isinstance(block, pd.DataFrame)
+        if is_loop and len(block) == 0:
+            continue
+        parts.append(f"\n# version 50001\n\ndata_{name}\n\n")
+        parts.append(_loop_text(block) if is_loop else _list_text(block))
     with atomic_output(path) as tmp:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write("".join(parts))
@@ -217,9 +226,8 @@ def _loop_text(df):
     header = "loop_ \n" + "".join(f"_{label} #{i} \n" for i, label in enumerate(df.columns, 1))
     columns = []
     for label in df.columns:
-        fmt = _formatter(label)
-        if label_type(label) is None:  # unknown labels are escaped in loops (not in lists)
-            fmt = lambda v: escape_string(str(v))  # noqa: E731
+        # Values of unknown labels are escaped in loops (not in lists).
+        fmt = _format_string if label_type(label) is None else _formatter(label)
         columns.append([fmt(v).rjust(10) + " " for v in df[label].tolist()])
     rows = "".join("".join(cells) + "\n" for cells in zip(*columns))
     return header + rows + " \n"

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import RelionPyError
 from ..kernels.windows import gather_clamped_windows
-from .mrc import mmap_mrc
+from .mrc import mmap_mrc, relion_float16_to_float32
 
 
 class TiltImages(ABC):
@@ -74,7 +74,12 @@ class MrcTiltImages(TiltImages):
         sizes = {}
         for f, (path, index) in enumerate(locations):
             if path not in self._maps:
-                self._maps[path] = mmap_mrc(path)
+                stack = mmap_mrc(path)
+                if stack.dtype == np.float16:   # RELION reads halves with subnormals flushed to zero
+                    stack = relion_float16_to_float32(stack)
+                elif stack.dtype != np.float32:
+                    stack = stack.astype(np.float32)
+                self._maps[path] = stack
                 sizes[path] = self._maps[path].shape[1:]
             nz = self._maps[path].shape[0]
             if index >= nz:

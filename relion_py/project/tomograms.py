@@ -97,11 +97,14 @@ class Tomogram:
 
 
 def _parse_vectors(values, where, label):
-    """Parse '[a,b,c,d]' cells into an (fc, 4) array."""
+    """Cells of a 4-vector column (read as lists) → (fc, 4) array."""
     try:
-        return np.array([[float(v) for v in str(s).strip("[] ").split(",")] for s in values])
-    except ValueError:
-        raise RelionPyError(f"{where}: cannot parse {label} vectors") from None
+        rows = np.array([np.asarray(v, dtype=np.float64) for v in values])
+    except (TypeError, ValueError):
+        rows = None
+    if rows is None or rows.ndim != 2 or rows.shape[1] != 4:
+        raise RelionPyError(f"{where}: {label} must hold 4-vectors [a,b,c,d]")
+    return rows
 
 
 def _read_tomogram(row, frames, where):
