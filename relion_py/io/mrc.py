@@ -6,6 +6,7 @@ import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
 from ..errors import RelionPyError
+from ..kernels.statistics import running_moments
 from .atomic import atomic_output
 
 HEADER_BYTES = 1024
@@ -58,29 +59,15 @@ def _statistics(values):
     double sums, min/max = first occurrence of the extreme value (that decides the sign of a zero; NaNs
     are skipped unless the first value is one), rms = sqrt(|E[v^2] - mean^2|) times the integer ratio
     n/(n-1) — 1 except for n = 2."""
-    flat = values.reshape(-1)
-    n = flat.size
+    n = values.size
     if n == 0:
         return 0.0, 0.0, 0.0, 0.0
-    extremes = []
-    for reduce in (np.fmin.reduce, np.fmax.reduce):
-        value = flat[0] if np.isnan(flat[0]) else reduce(flat)
-        if value == 0:
-            value = flat[np.argmax(flat == 0)]
-        extremes.append(float(value))
-    total = total_sq = 0.0
-    for start in range(0, n, _CHUNK):
-        v = flat[start:start + _CHUNK].astype(np.float64)
-        sq = v * v
-        v[0] += total  # then cumsum == RELION's running sum, not numpy's pairwise sum
-        sq[0] += total_sq
-        total = np.cumsum(v, out=v)[-1]
-        total_sq = np.cumsum(sq, out=sq)[-1]
+    lo, hi, total, total_sq = running_moments(values)
     mean = total / n
     if n == 1:
-        return extremes[0], extremes[1], mean, 0.0
+        return lo, hi, mean, 0.0
     var = (total_sq / n - mean * mean) * (n // (n - 1))
-    return extremes[0], extremes[1], mean, float(np.sqrt(abs(var)))
+    return lo, hi, mean, float(np.sqrt(abs(var)))
 
 
 def _header(shape, mode, pixel_size, stack, stats):
