@@ -5,7 +5,12 @@ Conventions: 3-D points are in unbinned tilt-series pixels ("ts px"), 0-based, (
 """
 import numpy as np
 
-DEG2RAD = np.pi / 180.0
+
+
+def deg2rad(degrees):
+    """RELION's ``DEG2RAD(d) = d·PI/180``, evaluated as (d·π)/180: d·(π/180) differs in the last bit for
+    some angles, and relion_reconstruct's insertion radius test depends on those bits."""
+    return np.asarray(degrees, dtype=np.float64) * np.pi / 180.0
 
 
 def euler_to_matrix(rot, tilt, psi):
@@ -15,9 +20,7 @@ def euler_to_matrix(rot, tilt, psi):
     evaluation order (cγ·(cβ·cα), not (cγ·cβ)·cα), which matters bit for bit in relion_reconstruct.
     rot, tilt, psi: degrees, scalars or arrays of shape (n,). Returns (..., 3, 3) float64.
     """
-    a = np.asarray(rot, dtype=np.float64) * DEG2RAD
-    b = np.asarray(tilt, dtype=np.float64) * DEG2RAD
-    g = np.asarray(psi, dtype=np.float64) * DEG2RAD
+    a, b, g = deg2rad(rot), deg2rad(tilt), deg2rad(psi)
     ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
     cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
     m = np.empty(np.shape(a) + (3, 3))
@@ -47,7 +50,7 @@ def matrix_to_euler(m):
     psi_degenerate = np.where(a22 > 0, np.arctan2(-m[..., 1, 0], m[..., 0, 0]),
                               np.arctan2(m[..., 1, 0], -m[..., 0, 0]))
     psi = np.where(general, np.arctan2(a12, -a02), psi_degenerate)
-    return rot / DEG2RAD, tilt / DEG2RAD, psi / DEG2RAD
+    return rot * 180.0 / np.pi, tilt * 180.0 / np.pi, psi * 180.0 / np.pi   # RELION's RAD2DEG
 
 
 def axis_rotation(axis, degrees):
@@ -55,7 +58,7 @@ def axis_rotation(axis, degrees):
 
     Mirrors ``t3Matrix::rotation`` (Rodrigues formula). degrees: (n,) → (n, 3, 3).
     """
-    t = np.asarray(degrees, dtype=np.float64) * DEG2RAD
+    t = deg2rad(degrees)
     c, s = np.cos(t), np.sin(t)
     one, zero = np.ones_like(t), np.zeros_like(t)
     rows = {

@@ -11,14 +11,16 @@ import dataclasses
 from .errors import RelionPyError
 
 
-def option(default, help, group="Options", *, required=False, metavar=None, unsupported=None):
-    """A dataclass field that is also a command-line flag.
+def option(default, help, group="Options", *, required=False, metavar=None, unsupported=None, flag=None):
+    """A dataclass field that is also a command-line flag (``--<field name>``, or ``--<flag>`` for flags
+    that are not Python identifiers, e.g. RELION's ``--3d_rot``).
 
     ``unsupported``: a reason; the flag is accepted by name (RELION scripts pass it) but using it is
     an error that names the flag and the reason, never silently ignored.
     """
     return dataclasses.field(default=default, metadata=dict(
-        help=help, group=group, required=required, metavar=metavar, unsupported=unsupported))
+        help=help, group=group, required=required, metavar=metavar, unsupported=unsupported,
+        flag=flag or None))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +48,7 @@ def build_parser(options_class, prog, description, epilog=None):
             kwargs["required"] = meta["required"]
             if not meta["required"] and f.default not in (None, ""):
                 kwargs["help"] += " (default: %(default)s)"
-        group.add_argument("--" + f.name, **kwargs)
+        group.add_argument("--" + (meta.get("flag") or f.name), **kwargs)
     return parser
 
 
@@ -55,7 +57,7 @@ def check_supported(options):
     for f in dataclasses.fields(options):
         reason = f.metadata.get("unsupported")
         if reason and getattr(options, f.name) != f.default:
-            raise RelionPyError(f"option --{f.name} is not supported: {reason}")
+            raise RelionPyError(f"option --{f.metadata.get('flag') or f.name} is not supported: {reason}")
 
 
 def parse_options(options_class, argv, prog, description, epilog=None):

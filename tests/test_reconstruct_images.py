@@ -1,0 +1,491 @@
+"""relion-py-reconstruct in image mode (relion_reconstruct): RELION fixture cases, files written by other
+tools (pyTME, Warp), ground truth, bad input, and the kernels of the classic BackProjector."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.fft
+import scipy.ndimage
+
+import relion_compare
+from conftest import FIXTURES, compare_with_relion, mirror_fixtures, working_directory
+from relion_py.cli.reconstruct import choose_mode, main
+from relion_py.errors import RelionPyError
+from relion_py.io.mrc import read_mrc, write_mrc
+from relion_py.kernels import backproject as bp
+from relion_py.kernels.ctf import astigmatism_form, ctf_constants, ctf_value
+from relion_py.geometry import euler_to_matrix
+from relion_py.programs.reconstruct_images import Grid, ReconstructImagesOptions, reconstruct_images
+
+CASES = ["g1_reconstruct_3drot", "g2_reconstruct_spa2d", "j1_reconstruct_spa2d_c3",
+         "j2_reconstruct_spa2d_maxres_pad1", "j3_reconstruct_spa2d_gridding_iter",
+         "j4_reconstruct_3drot_noctf", "j5_reconstruct_spa2d_nn"]
+GROUND_TRUTH = FIXTURES / "synthetic" / "ground_truth"
+#: masked correlation (r < 0.4 box) of RELION's g1 reconstruction with the ground truth (fixture README)
+RELION_G1_CORR = 0.9759
+
+
+# --------------------------------------------------------------------------------------------------------
+# RELION fixture cases
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_fixture_case(case, relion_case):
+    relion_case(case, main)
+
+
+def test_threads_give_the_same_map(tmp_path):
+    """--j 2 prepares particles and inserts slabs in parallel; the additions keep a fixed order."""
+    work = mirror_fixtures(tmp_path / "project", "none")
+    (work / "out").mkdir()
+    with working_directory(work):
+        for j in ("1", "2"):
+            assert main(["--i", "e_subtomo_3d/particles.star", "--o", f"out/j{j}.mrc", "--3d_rot", "--ctf",
+                         "--j", j, "--verb", "0"]) == 0
+    a, b = read_mrc(work / "out" / "j1.mrc")[0], read_mrc(work / "out" / "j2.mrc")[0]
+    np.testing.assert_array_equal(a, b)            # the thread count does not change the sums
+    ok, report = compare_with_relion(FIXTURES / "g1_reconstruct_3drot" / "rec.mrc", work / "out" / "j2.mrc")
+    assert ok, report
+
+
+def test_python_api(tmp_path):
+    with working_directory(FIXTURES):
+        result = reconstruct_images(ReconstructImagesOptions(i="synthetic/spa2d/particles.star",
+                                                             o=str(tmp_path / "rec.mrc"), ctf=True, subset=1,
+                                                             verb=0))
+    assert result.n_particles == 120 and result.box == 48 and result.pixel_size == 5.0
+    vol, px = read_mrc(tmp_path / "rec.mrc")
+    assert vol.shape == (48, 48, 48) and px == 5.0
+    np.testing.assert_array_equal(vol, result.volume.astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Files written by other tools
+# --------------------------------------------------------------------------------------------------------
+
+def _star_table(name, labels, rows, version="30001"):
+    text = f"\n# version {version}\n\ndata_{name}\n\nloop_\n"
+    text += "".join(f"_{label} #{k + 1}\n" for k, label in enumerate(labels))
+    return text + "".join(" ".join(str(v) for v in row) + "\n" for row in rows) + "\n"
+
+
+def _pytme_star(path, images, ctf_images, angles, box, pixel, premultiplied, image_size=True):
+    """A particle file as pyTME's ``postprocess --output_format relion`` writes it for extracted 3-D boxes:
+    '# version 30001', an optics table, rlnCoordinateX/Y/Z, absolute rlnImageName, optional rlnCtfImage."""
+    optics = ["rlnOpticsGroup", "rlnOpticsGroupName", "rlnSphericalAberration", "rlnVoltage",
+              "rlnImagePixelSize", "rlnImageDimensionality", "rlnAmplitudeContrast",
+              "rlnCtfDataAreCtfPremultiplied"]
+    orow = [1, "opticsGroup1", 2.7, 300.0, f"{pixel:.6f}", 3, 0.1, int(premultiplied)]
+    if image_size:
+        optics.append("rlnImageSize")
+        orow.append(box)
+    labels = ["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnAngleRot",
+              "rlnAngleTilt", "rlnAnglePsi", "rlnImageName"]
+    if ctf_images is not None:
+        labels.append("rlnCtfImage")
+    labels += ["rlnOpticsGroup", "pytmeScore"]
+    rows = []
+    for k, (img, (rot, tilt, psi)) in enumerate(zip(images, angles)):
+        row = ["tomo.mrc", 100 + k, 120 - k, 40 + k % 7, f"{rot:.6f}", f"{tilt:.6f}", f"{psi:.6f}", img]
+        if ctf_images is not None:
+            row.append(ctf_images[k])
+        rows.append(row + [1, 0.5])
+    Path(path).write_text(_star_table("optics", optics, [orow]) + _star_table("particles", labels, rows))
+
+
+def _relion_particles():
+    """(angles, data files, weight files) of RELION's 3-D pseudo-subtomograms (case e), absolute paths."""
+    lines = (FIXTURES / "e_subtomo_3d" / "particles.star").read_text().split("data_particles")[1].splitlines()
+    rows = [ln.split() for ln in lines if ln.strip().startswith("TS_01")]
+    angles = [tuple(float(v) for v in r[5:8]) for r in rows]
+    return angles, [str(FIXTURES / r[11]) for r in rows], [str(FIXTURES / r[12]) for r in rows]
+
+
+def _weights_as_cube(weights_file, cube_file):
+    """Rewrite a relion_tomo_subtomo weights file (half transform, z = 2y: CTF² then multiplicity) as a full
+    centred cube, RELION's other rlnCtfImage layout (value at logical -k for frequency k)."""
+    w = read_mrc(weights_file)[0]
+    n = w.shape[1]
+    half = w[:n]                                   # CTF², (kz, ky, kx) half transform
+    q = np.where(np.arange(n) < n // 2 + 1, np.arange(n), np.arange(n) - n)    # signed kz, ky
+    kx = np.arange(n // 2 + 1)
+    cube = np.zeros((n, n, n), np.float32)
+    # Friedel mates first (never read), then Fctf(k) = Ictf(-k) with the logical origin at n/2
+    cube[np.ix_((n // 2 + q) % n, (n // 2 + q) % n, (n // 2 + kx) % n)] = half
+    cube[np.ix_((n // 2 - q) % n, (n // 2 - q) % n, (n // 2 - kx) % n)] = half
+    write_mrc(cube_file, cube, 5.0)
+
+
+def test_pytme_star_of_relion_subtomograms_matches_relion(tmp_path):
+    """RELION's own pseudo-subtomograms listed in a pyTME-style STAR file (version 30001 optics table,
+    coordinates, absolute paths) with full-cube CTF volumes reconstruct to RELION's g1 map."""
+    angles, data, weights = _relion_particles()
+    cubes = []
+    for k, wfile in enumerate(weights):
+        cubes.append(str(tmp_path / f"ctf_{k}.mrc"))
+        _weights_as_cube(wfile, cubes[-1])
+    for image_size in (True, False):
+        star = tmp_path / f"pytme_{image_size}.star"
+        _pytme_star(star, data, cubes, angles, 32, 5.0, premultiplied=True, image_size=image_size)
+        out = tmp_path / f"rec_{image_size}.mrc"
+        assert main(["--i", str(star), "--o", str(out), "--3d_rot", "--ctf", "--verb", "0"]) == 0
+        ok, report = compare_with_relion(FIXTURES / "g1_reconstruct_3drot" / "rec.mrc", out)
+        assert ok, report
+
+
+def test_warp_style_star_without_optics_matches_relion(tmp_path):
+    """A Warp 3-D export (RELION 3.0 columns, no optics table: converted as RELION's StarConverter does)."""
+    angles, data, weights = _relion_particles()
+    labels = ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnAngleRot", "rlnAngleTilt",
+              "rlnAnglePsi", "rlnMicrographName", "rlnMagnification", "rlnDetectorPixelSize",
+              "rlnCtfMaxResolution", "rlnImageName", "rlnCtfImage", "rlnPixelSize", "rlnVoltage",
+              "rlnSphericalAberration"]
+    rows = [[10, 20, 30, f"{a[0]:.6f}", f"{a[1]:.6f}", f"{a[2]:.6f}", "TS_01.tomostar", 10000.0, 5.0, 10.0,
+             d, w, 5.0, 300.0, 2.7] for a, d, w in zip(angles, data, weights)]
+    star = tmp_path / "warp.star"
+    star.write_text("\ndata_\n\nloop_\n" + "".join(f"_{lab}\n" for lab in labels)
+                    + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    out = tmp_path / "rec.mrc"
+    assert main(["--i", str(star), "--o", str(out), "--3d_rot", "--verb", "0"]) == 0
+    ok, report = compare_with_relion(FIXTURES / "j4_reconstruct_3drot_noctf" / "rec.mrc", out)
+    assert ok, report
+
+
+def test_star_without_optics_table_and_pixel_size(tmp_path):
+    """A particle table without optics table that RELION cannot convert (no rlnMagnification /
+    rlnDetectorPixelSize): read as is, CTF values from the rows, pixel size from --angpix."""
+    text = (FIXTURES / "synthetic" / "spa2d" / "particles.star").read_text().split("data_particles")[1]
+    header = [ln.split()[0][1:] for ln in text.splitlines() if ln.startswith("_")]
+    rows = [ln.split() for ln in text.splitlines() if "@" in ln]
+    labels = header + ["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
+    absolute = [r[0].split("@")[0] + "@" + str(FIXTURES / r[0].split("@")[1]) for r in rows]
+    rows = [[name] + r[1:] + ["300", "2.7", "0.1"] for name, r in zip(absolute, rows)]
+    star = tmp_path / "legacy.star"
+    star.write_text("\ndata_images\n\nloop_\n" + "".join(f"_{lab}\n" for lab in labels)
+                    + "".join(" ".join(r) + "\n" for r in rows))
+    out = tmp_path / "rec.mrc"
+    assert main(["--i", str(star), "--o", str(out), "--ctf", "--verb", "0"]) == 1     # no pixel size
+    assert main(["--i", str(star), "--o", str(out), "--ctf", "--angpix", "5", "--verb", "0"]) == 0
+    ok, report = compare_with_relion(FIXTURES / "g2_reconstruct_spa2d" / "rec.mrc", out)
+    assert ok, report
+
+
+@pytest.mark.parametrize("extra", [["--sym", "D2", "--NN", "--r_min_nn", "0"],
+                                   ["--nr_helical_asu", "3", "--helical_twist", "20", "--helical_rise", "4"],
+                                   ["--dont_skip_gridding", "--iter", "2", "--blob_m", "2"],
+                                   ["--fsc", "FSC"], ["--newbox", "40", "--pad", "1.5"],
+                                   ["--only_flip_phases", "--fom_weighting"]])
+def test_other_options_run(extra, tmp_path):
+    """Options without a RELION fixture: they run and give a finite map of the right size."""
+    star = FIXTURES / "synthetic" / "spa2d" / "particles.star"
+    if "--fom_weighting" in extra:
+        text = star.read_text().replace("_rlnRandomSubset #11",
+                                        "_rlnRandomSubset #11\n_rlnParticleFigureOfMerit #12")
+        star = tmp_path / "fom.star"
+        star.write_text("\n".join(ln + " 0.5" if "@" in ln else ln for ln in text.splitlines()) + "\n")
+    if "FSC" in extra:
+        fsc = tmp_path / "fsc.star"
+        fsc.write_text("\ndata_fsc\n\nloop_\n_rlnSpectralIndex\n_rlnGoldStandardFsc\n"
+                       + "".join(f"{i} {max(0.0, 1 - i / 20):.3f}\n" for i in range(25)))
+        extra = ["--fsc", str(fsc)]
+    out = tmp_path / "rec.mrc"
+    with working_directory(FIXTURES):
+        assert main(["--i", str(star), "--o", str(out), "--ctf", "--verb", "0"] + extra) == 0
+    vol = read_mrc(out)[0]
+    assert vol.shape == ((40,) * 3 if "--newbox" in extra else (48,) * 3) and np.all(np.isfinite(vol))
+    assert vol.std() > 0
+
+
+def _rotated_subtomogram(truth, a):
+    """I(x) = truth(Aᵀ x) about the box centre n//2: the particle in the pose A (reference → particle)."""
+    n = truth.shape[0]
+    rev = np.eye(3)[::-1]                         # (x, y, z) ↔ array (z, y, x)
+    m = rev @ a.T @ rev
+    c = np.full(3, n // 2, float)
+    return scipy.ndimage.affine_transform(truth, m, offset=c - m @ c, order=3, mode="constant")
+
+
+def _wedge_cube(n, max_tilt=60.0):
+    """Missing-wedge weights (1 = measured) as a full centred cube: tilt axis y, beam along z."""
+    k = np.arange(n) - n // 2
+    kz, _, kx = np.meshgrid(k, k, k, indexing="ij")
+    return (np.abs(kz) <= np.abs(kx) * math.tan(math.radians(max_tilt))).astype(np.float32)
+
+
+def test_pytme_subtomograms_reconstruct_ground_truth(tmp_path):
+    """Noisy, missing-wedge subtomograms of the ground-truth particle in random poses, listed as pyTME lists
+    them, average to the ground truth at least as well as RELION's own g1 reconstruction does."""
+    truth = read_mrc(GROUND_TRUTH / "particle_box32.mrc")[0].astype(np.float64)
+    n = truth.shape[0]
+    rng = np.random.default_rng(7)
+    rot, psi = rng.uniform(-180, 180, (2, 60))
+    tilt = np.degrees(np.arccos(rng.uniform(-1, 1, 60)))
+    mats = euler_to_matrix(rot, tilt, psi)
+    wedge = _wedge_cube(n)
+    wedge_file = tmp_path / "wedge.mrc"
+    write_mrc(wedge_file, wedge, 5.0)
+    wedge_half = np.fft.ifftshift(wedge)[:, :, :n // 2 + 1]
+    images = []
+    for k, a in enumerate(mats):
+        sub = _rotated_subtomogram(truth, a)
+        sub = scipy.fft.irfftn(scipy.fft.rfftn(sub) * wedge_half, s=sub.shape)
+        sub += rng.normal(0, 0.05 * truth.std(), sub.shape)
+        images.append(str(tmp_path / f"sub_{k}.mrc"))
+        write_mrc(images[-1], sub.astype(np.float32), 5.0)
+    star = tmp_path / "pytme.star"
+    _pytme_star(star, images, [str(wedge_file)] * len(images), zip(rot, tilt, psi), n, 5.0,
+                premultiplied=False)
+    out = tmp_path / "rec.mrc"
+    assert main(["--i", str(star), "--o", str(out), "--3d_rot", "--ctf", "--verb", "0"]) == 0
+    rec = read_mrc(out)[0].astype(np.float64)
+    corr = relion_compare.masked_corr(truth, rec)
+    mirrored = relion_compare.masked_corr(truth[:, :, ::-1], rec)
+    assert corr >= RELION_G1_CORR, (corr, mirrored)
+    assert mirrored < corr - 0.1
+
+
+def test_relion_reconstructions_match_ground_truth():
+    """RELION's numbers in the fixture README, recomputed from its maps (which ours reproduce bit for bit)."""
+    for case, box, expected in (("g1_reconstruct_3drot", 32, 0.9759), ("g2_reconstruct_spa2d", 48, 0.9565)):
+        truth = read_mrc(GROUND_TRUTH / f"particle_box{box}.mrc")[0].astype(np.float64)
+        rec = read_mrc(FIXTURES / case / "rec.mrc")[0].astype(np.float64)
+        assert relion_compare.masked_corr(truth, rec) == pytest.approx(expected, abs=5e-5)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Mode choice and bad input
+# --------------------------------------------------------------------------------------------------------
+
+def _run(argv, capsys, cwd=FIXTURES):
+    with working_directory(cwd):
+        status = main(argv)
+    return status, capsys.readouterr().err.strip()
+
+
+def test_mode_is_chosen_by_content():
+    with working_directory(FIXTURES):
+        assert choose_mode(["--i", "synthetic/spa2d/particles.star"]) == "images"
+        assert choose_mode(["--i", "e_subtomo_3d/particles.star", "--3d_rot"]) == "images"
+        assert choose_mode(["--i", "synthetic/optimisation_set.star"]) == "tilt_series"
+        assert choose_mode(["--i", "synthetic/particles.star"]) == "tilt_series"     # no rlnImageName
+        assert choose_mode(["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star"]) == \
+            "tilt_series"
+
+
+@pytest.mark.parametrize("argv", [["--i", "synthetic/optimisation_set.star", "--o", "x/"],
+                                  ["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star",
+                                   "--b", "64"]])
+def test_tilt_series_inputs_go_to_the_tilt_series_mode(argv, monkeypatch):
+    import relion_py.cli.reconstruct as cli
+    seen = []
+    monkeypatch.setattr(cli, "_tilt_series", seen.append)
+    with working_directory(FIXTURES):
+        assert main(argv) == 0
+    assert seen == [argv]
+
+
+def test_help_names_both_modes(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "relion_reconstruct" in out and "relion_tomo_reconstruct_particle" in out
+    assert "--3d_rot" in out and "--class" in out and "--j" in out and "not supported" in out
+
+
+def test_2d_subtomogram_stacks_are_refused(tmp_path, capsys):
+    status, err = _run(["--i", "a_subtomo_stack2d/particles.star", "--o", str(tmp_path / "rec.mrc"),
+                        "--verb", "0"], capsys)
+    assert status == 1 and "reconstruct does not yet work with 2D subtomogram stacks" in err
+    assert len(err.splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_missing_image_file(tmp_path, capsys):
+    angles, data, weights = _relion_particles()
+    data[5] = str(tmp_path / "nowhere" / "5_data.mrc")
+    star = tmp_path / "p.star"
+    _pytme_star(star, data, weights, angles, 32, 5.0, premultiplied=True)
+    status, err = _run(["--i", str(star), "--o", str(tmp_path / "rec.mrc"), "--3d_rot", "--ctf",
+                        "--verb", "0"], capsys)
+    assert status == 1 and "nowhere/5_data.mrc does not exist" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "rec.mrc").exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_mixed_box_sizes(tmp_path, capsys):
+    angles, data, weights = _relion_particles()
+    small = tmp_path / "small.mrc"
+    write_mrc(small, np.zeros((24, 24, 24), np.float32), 5.0)
+    data[3] = str(small)
+    star = tmp_path / "p.star"
+    _pytme_star(star, data, None, angles, 32, 5.0, premultiplied=True)
+    status, err = _run(["--i", str(star), "--o", str(tmp_path / "rec.mrc"), "--3d_rot"], capsys)
+    assert status == 1 and "mixed box sizes" in err and "small.mrc is 24x24x24 px" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ewald"], "option --ewald is not supported"),
+    (["--refdim", "2"], "option --refdim is not supported"),
+    (["--pad", "0.5"], "Padding factor cannot be less than 1."),
+    (["--sym", "X7"], "symmetry"),
+    (["--subset", "1", "--i", "e_subtomo_3d/particles.star"], None),
+])
+def test_bad_options(argv, message, tmp_path, capsys):
+    base = ["--i", "synthetic/spa2d/particles.star", "--o", str(tmp_path / "rec.mrc"), "--verb", "0"]
+    status, err = _run(base + argv, capsys)
+    if message is None:
+        assert status == 0          # (a valid combination, for contrast)
+    else:
+        assert status == 1 and message in err and len(err.splitlines()) == 1
+
+
+def test_output_folder_must_exist(tmp_path, capsys):
+    status, err = _run(["--i", "synthetic/spa2d/particles.star", "--o", str(tmp_path / "no" / "rec.mrc")],
+                       capsys)
+    assert status == 1 and "does not exist" in err
+
+
+def test_3d_ctf_needs_ctf_images(tmp_path, capsys):
+    angles, data, weights = _relion_particles()
+    star = tmp_path / "p.star"
+    _pytme_star(star, data, None, angles, 32, 5.0, premultiplied=True)
+    status, err = _run(["--i", str(star), "--o", str(tmp_path / "rec.mrc"), "--3d_rot", "--ctf"], capsys)
+    assert status == 1 and "rlnCtfImage" in err
+
+
+# --------------------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------------------
+
+def test_inverse_3x3_and_euler_to_matrix():
+    m = euler_to_matrix([10.0, -75.5], [33.0, 120.0], [0.0, 260.0])
+    for a in m:
+        np.testing.assert_allclose(bp.inverse_3x3(a), a.T, atol=1e-15)
+    # RELION's DEG2RAD(d) = d * PI / 180: the last bit matters for boundary pixels
+    assert m[0, 0, 0] == (math.cos(0.0) * (math.cos(33.0 * math.pi / 180) * math.cos(10.0 * math.pi / 180))
+                          - math.sin(0.0) * math.sin(10.0 * math.pi / 180))
+
+
+def test_grid_sizes():
+    g = Grid.create(48, 2.0, 24, 10)
+    assert (g.P, g.pad, g.max_r2, g.min_r2_nn) == (48, 99, 2304, 400)
+    assert (g.r_max_ref_2, g.round_max_r2) == (2304, 2304)
+    g = Grid.create(48, 1.0, 12, 10)
+    assert (g.P, g.pad) == (12, 27)
+
+
+def test_shift_fourier_is_a_translation():
+    rng = np.random.default_rng(1)
+    img = rng.standard_normal((16, 16))
+    f = np.fft.rfftn(img)
+    bp.shift_fourier(f, 16, (3.0, -2.0))
+    np.testing.assert_allclose(np.fft.irfftn(f, img.shape, axes=(0, 1)), np.roll(img, (-2, 3), axis=(0, 1)),
+                               atol=1e-12)
+
+
+def test_ctf_image_matches_ctf_value():
+    consts = ctf_constants(300.0, 2.7, 0.1, 50.0, 0.0)
+    astig = astigmatism_form(25000.0, 24000.0, 33.0)
+    out = bp.ctf_image(32, 5.0, consts, astig, 1.0)
+    y, x = 20, 7                                   # row 20 is ky = -12
+    assert out[y, x] == ctf_value(7 / 160.0, -12 / 160.0, *consts, *astig, 1.0, 0.0)
+    assert np.all(bp.ctf_image(32, 5.0, consts, astig, 1.0, do_abs=True) == np.abs(out))
+    flip = bp.ctf_image(32, 5.0, consts, astig, 1.0, only_flip_phases=True)
+    assert set(np.unique(flip)) <= {-1.0, 1.0}
+
+
+def test_window_fourier_transform_keeps_signed_indices():
+    rng = np.random.default_rng(2)
+    f = rng.standard_normal((9, 9, 5)) + 1j * rng.standard_normal((9, 9, 5))
+    big = bp.window_fourier_transform(f, 16)
+    assert big.shape == (16, 16, 9)
+    assert big[-3, 2, 1] == f[-3, 2, 1] and big[2, -2, 2] == f[2, -2, 2] and big[0, 0, 5] == 0
+    assert big[4, 4, 4] == 0                        # beyond the input's radius 4: not copied
+    small = bp.window_fourier_transform(big, 8)
+    assert small[-3, 2, 1] == f[-3, 2, 1] and small[4, 0, 0] == big[4, 0, 0]
+
+
+def test_hermitian_sum_and_point_group():
+    acc = bp.new_accumulator(7)
+    acc[3 + 1, 3 + 2, 0] = (1.0, 2.0, 3.0)
+    acc[3 - 1, 3 - 2, 0] = (5.0, 7.0, 1.0)
+    data, weight = bp.split_accumulator(acc)
+    bp.enforce_hermitian_symmetry(data, weight)
+    assert data[4, 5, 0] == 6 - 5j and data[2, 1, 0] == 6 + 5j and weight[4, 5, 0] == weight[2, 1, 0] == 4
+    # C2 about z: (x, y, z) → (-x, -y, z); the sum over the group is symmetric
+    data[:] = 0
+    weight[:] = 0
+    weight[3 + 2, 3, 1] = 1.0                      # logical (x, y, z) = (1, 0, 2)
+    # R (1, 0, 2) = (-1, 0, 2): stored as its Friedel mate (1, 0, -2)
+    bp.apply_point_group_symmetry(data, weight, np.diag([-1.0, -1.0, 1.0])[None], 9)
+    assert weight[3 + 2, 3, 1] == 1.0 and weight[3 - 2, 3, 1] == 1.0 and weight.sum() == 2.0
+
+
+def test_blob_table():
+    table, sampling = bp.ft_blob_table(3.8, 15.0, 0)
+    assert sampling == 5e-5 and table.shape == (10000,)
+    assert table[0] > 0 and np.all(np.diff(table[:4000]) < 0)
+    table2, _ = bp.ft_blob_table(3.8, 15.0, 2)
+    assert table2[0] > 0
+    with pytest.raises(RelionPyError):
+        bp.ft_blob_table(3.8, 15.0, 1)
+
+
+def test_backprojection_of_one_image_fills_a_central_slice():
+    """A constant-weight image inserted with A = identity lands in the kz = 0 plane of the padded grid."""
+    g = Grid.create(16, 2.0, 8, 10)
+    acc = bp.new_accumulator(g.pad)
+    f = np.ones((16, 9), np.complex128)
+    bp.backproject_2d_to_3d(acc, f, np.ones((16, 9)), bp.inverse_3x3(np.eye(3)) * 2.0, g.max_r2, g.min_r2_nn)
+    data, weight = bp.split_accumulator(acc)
+    off = (g.pad - 1) // 2
+    assert weight[off].sum() > 0 and weight[:off].sum() == 0 and weight[off + 1:].sum() == 0
+    assert weight[off, off + 4, 6] == 1.0          # (x, y) = (3, 2) · pf
+    assert weight[off, off + 1, 1] == 0.0          # between the pf-spaced samples
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("nn", [False, True])
+def test_slab_batches_equal_direct_insertion(dim, nn):
+    """The batched slab-by-slab insertion adds exactly what the per-image kernels add (up to the order of the
+    additions), for trilinear and nearest-neighbour insertion."""
+    n = 24
+    grid = Grid.create(n, 2.0, n // 2, 4)
+    rng = np.random.default_rng(3)
+    shape = (n, n // 2 + 1) if dim == 2 else (n, n, n // 2 + 1)
+    angles = rng.uniform(-180, 180, (7, 3))
+    mats = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2])
+    direct = bp.new_accumulator(grid.pad)
+    batched = bp.new_accumulator(grid.pad)
+    buf = bp.SlabEntries(direct.shape[:3], 3, 3 * np.prod(shape))         # room for 3 images per batch
+    for a in mats:
+        f = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+        w = rng.random(shape) - 0.1                                         # some weights <= 0: skipped
+        ainv = bp.inverse_3x3(a) * grid.pf
+        if dim == 2:
+            args = (f, w, ainv, grid.max_r2, grid.min_r2_nn, nn)
+            bp.backproject_2d_to_3d(direct, *args, center_sign=True, zero_dc=True)
+            counts, fill = buf.count_2d(*args), buf.fill_2d
+        else:
+            args = (f, w, ainv, grid.r_max_ref_2, grid.r_min_nn_ref_2, nn)
+            bp.backrotate_3d(direct, *args, center_sign=True, zero_dc=True)
+            counts, fill = buf.count_3d(*args), buf.fill_3d
+        starts = buf.reserve(counts)
+        if starts is None:
+            buf.insert(batched)
+            starts = buf.reserve(counts)
+        fill(starts, *args)
+    buf.insert(batched)
+    assert np.abs(batched - direct).max() <= 1e-12 * np.abs(direct).max()
+    assert np.count_nonzero(direct[..., 2]) > 100
+
+
+def test_img_replaces_the_image_folder(tmp_path):
+    star = tmp_path / "moved.star"
+    star.write_text((FIXTURES / "synthetic" / "spa2d" / "particles.star").read_text()
+                    .replace("@synthetic/spa2d/particles.mrcs", "@elsewhere/particles.mrcs"))
+    out = tmp_path / "rec.mrc"
+    assert main(["--i", str(star), "--o", str(out), "--ctf", "--verb", "0"]) == 1
+    assert main(["--i", str(star), "--o", str(out), "--ctf", "--verb", "0",
+                 "--img", str(FIXTURES / "synthetic" / "spa2d")]) == 0
+    ok, report = compare_with_relion(FIXTURES / "g2_reconstruct_spa2d" / "rec.mrc", out)
+    assert ok, report
