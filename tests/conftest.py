@@ -9,6 +9,9 @@ import pytest
 
 import relion_compare
 
+# The portal tests' fixtures (a simulated data set behind a loopback CryoET Data Portal server).
+pytest_plugins = ["conftest_portal"]
+
 FIXTURES = Path(__file__).parent / "data" / "fixtures"
 CASES = {c["name"]: c for c in json.loads((FIXTURES / "corpus_spec.json").read_text())["cases"]}
 

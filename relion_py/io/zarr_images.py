@@ -120,8 +120,8 @@ class _HttpStore(_Store):
     def __init__(self, base):
         super().__init__()
         self.base = base.rstrip("/")
-        self._pool = urllib3.PoolManager(maxsize=MAX_WORKERS, retries=False,
-                                         timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S))
+        timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+        self._pool = urllib3.PoolManager(maxsize=MAX_WORKERS, retries=False, timeout=timeout)
 
     def where(self, key):
         return f"{self.base}/{quote(key)}"
@@ -191,10 +191,16 @@ class _S3Store(_Store):
 
 
 def _reason(exc):
-    """A short reason for a network exception (the innermost cause, e.g. 'Connection refused')."""
+    """A short reason for a network exception: its innermost cause (e.g. 'connection refused',
+    'IncompleteRead(145 bytes read, 145 more expected)')."""
     inner = exc
-    while getattr(inner, "reason", None) is not None and isinstance(inner.reason, BaseException):
-        inner = inner.reason
+    while True:
+        cause = getattr(inner, "reason", None)
+        if not isinstance(cause, BaseException):
+            cause = next((a for a in getattr(inner, "args", ()) if isinstance(a, BaseException)), None)
+        if cause is None:
+            break
+        inner = cause
     text = str(inner).strip() or type(inner).__name__
     if "Connection refused" in text:
         return "connection refused"
@@ -241,7 +247,7 @@ def fetch(store, key, decode=lambda data: data, missing_ok=False):
 
 
 def fetch_file(url):
-    """The bytes of one file given by a local path or URL, with retries (used for portal metadata files)."""
+    """The bytes of one file given by a local path or URL, with retries (the portal's annotation files)."""
     url = str(url)
     head, name = posixpath.split(url) if "://" in url else os.path.split(url)
     store = open_store(head or ".")
@@ -289,7 +295,7 @@ class ZarrArray:
             try:
                 self.path = str(attrs["multiscales"][0]["datasets"][0]["path"]).strip("/")
             except (KeyError, IndexError, TypeError):
-                raise RelionPyError(f"{self.location}: malformed OME-Zarr multiscales metadata in .zattrs") from None
+                raise RelionPyError(f"{self.location}: malformed OME-Zarr multiscales in .zattrs") from None
         meta = _json(self.store, self._key(".zarray"), missing_ok=True)
         if meta is None:
             if fetch(self.store, self._key("zarr.json"), missing_ok=True) is not None:
@@ -309,7 +315,8 @@ class ZarrArray:
         where = f"{self.location}/{self._key('.zarray')}"
         try:
             if meta.get("zarr_format") != 2:
-                raise RelionPyError(f"{where}: zarr_format {meta.get('zarr_format')} is not supported (need 2)")
+                raise RelionPyError(f"{where}: zarr_format {meta.get('zarr_format')} is not supported "
+                                    "(need 2)")
             self.shape = tuple(int(v) for v in meta["shape"])
             self.chunks = tuple(int(v) for v in meta["chunks"])
             self.dtype = np.dtype(meta["dtype"])
@@ -321,11 +328,12 @@ class ZarrArray:
         except (KeyError, TypeError, ValueError) as exc:
             raise RelionPyError(f"{where}: unsupported or malformed array metadata ({exc})") from None
         if len(self.shape) != 3 or len(self.chunks) != 3:
-            raise RelionPyError(f"{where}: a tilt series must be a 3-D (z, y, x) array, not shape {list(self.shape)}")
+            raise RelionPyError(f"{where}: a tilt series must be a 3-D (z, y, x) array, "
+                                f"not shape {list(self.shape)}")
         if self.dtype.kind not in "biuf" or min(self.chunks) < 1 or self.order not in ("C", "F") \
                 or self.separator not in (".", "/"):
-            raise RelionPyError(f"{where}: unsupported array (dtype {meta['dtype']}, chunks {meta['chunks']}, "
-                                f"order {self.order}, dimension_separator {self.separator!r})")
+            raise RelionPyError(f"{where}: unsupported array (dtype {meta['dtype']}, chunks {meta['chunks']},"
+                                f" order {self.order}, dimension_separator {self.separator!r})")
 
     def chunk_key(self, index):
         return self._key(self.separator.join(str(i) for i in index))
@@ -351,8 +359,8 @@ class ZarrArray:
         region = self._buffer[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         if block is None:
             if self.fill_value is None:
-                raise RelionPyError(f"chunk {self.store.where(self.chunk_key(index))} is missing and the array "
-                                    "has no fill_value")
+                raise RelionPyError(f"chunk {self.store.where(self.chunk_key(index))} is missing and the "
+                                    "array has no fill_value")
             region[...] = self.fill_value
         else:
             region[...] = block[:hi[0] - lo[0], :hi[1] - lo[1], :hi[2] - lo[2]]
@@ -366,7 +374,8 @@ class ZarrArray:
         y = np.asarray(origins)[:, 1].astype(np.int64)
         spans = np.stack([np.asarray(z, np.int64) // cz_,
                           np.clip(y, 0, height - 1) // cy_, np.clip(y + size - 1, 0, height - 1) // cy_,
-                          np.clip(x, 0, width - 1) // cx_, np.clip(x + size - 1, 0, width - 1) // cx_], axis=1)
+                          np.clip(x, 0, width - 1) // cx_, np.clip(x + size - 1, 0, width - 1) // cx_],
+                         axis=1)
         touched = set()
         for cz, y0, y1, x0, x1 in np.unique(spans, axis=0).tolist():
             touched.update((cz, cy, cx) for cy in range(y0, y1 + 1) for cx in range(x0, x1 + 1))
@@ -413,8 +422,9 @@ class ZarrTiltImages(TiltImages):
         for loc, shape in shapes.items():
             if shape != shapes[first]:
                 self.close()
-                raise RelionPyError(f"tilt images of {loc} are {shape[1]}x{shape[0]} px but those of {first} are "
-                                    f"{shapes[first][1]}x{shapes[first][0]} px: all tilt images must have one size")
+                raise RelionPyError(f"tilt images of {loc} are {shape[1]}x{shape[0]} px but those of "
+                                    f"{first} are {shapes[first][1]}x{shapes[first][0]} px: all tilt images "
+                                    "must have one size")
         self.n_frames = len(locations)
         self.image_size = (int(shapes[first][1]), int(shapes[first][0]))
         self._array_of_frame = np.array(array_of_frame, dtype=object)

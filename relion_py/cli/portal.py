@@ -1,0 +1,59 @@
+"""relion-py-portal: a RELION 5 project from CryoET Data Portal runs, optionally extracted in one go."""
+import sys
+
+from ..log import info
+from ..options import parse_options
+from ..portal import PortalOptions, make_portal_project
+from ..programs.subtomo import ExtractOptions, extract_subtomograms
+from .common import run_cli
+
+PROG = "relion-py-portal"
+DESCRIPTION = """Write a RELION 5 project (tomograms.star, tilt_series/*.star, particles.star with one optics
+group per tilt series, optimisation_set.star) for point annotations of CryoET Data Portal runs. Only metadata
+and annotation files are downloaded: the tilt images are named by their OME-Zarr URL, and relion-py-extract /
+relion-py-reconstruct read only the chunks they need. RELION itself cannot read such image names.
+Flags may be written with '-' or '_' (--inexact-match = --inexact_match)."""
+EPILOG = """one-shot extraction: relion-py-extract options after '--' extract the particles right away
+(--i is the new optimisation set), e.g.
+  relion-py-portal --run_ids 101,102 --object "cytosolic ribosome" --ground_truth --o Portal/ \\
+      -- --o Extract/ --b 64 --crop 48 --stack2d"""
+
+
+def _underscored(argv):
+    """``--inexact-match[=v]`` → ``--inexact_match[=v]`` (flag names only)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--"):
+            flag, eq, value = arg.partition("=")
+            arg = flag.replace("-", "_").replace("__", "--", 1) + eq + value
+        out.append(arg)
+    return out
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    portal_argv, extract_argv = _underscored(argv[:split]), _underscored(argv[split + 1:])
+    opts = parse_options(PortalOptions, portal_argv, PROG, DESCRIPTION, EPILOG)
+    if split < len(argv):
+        bad = [a for a in extract_argv if a.split("=")[0] in ("--i", "--p", "--t")]
+        if bad:
+            print(f"{PROG}: error: {bad[0]} after '--': the particles and tomograms are the portal project's",
+                  file=sys.stderr)
+            return 2
+        extract_opts = parse_options(ExtractOptions, extract_argv, "relion-py-extract",
+                                     "relion-py-extract options (after '--')")
+
+    def run():
+        project = make_portal_project(opts, command=[PROG] + argv)
+        info(f"wrote {project.optimisation_set}: {len(project.tomograms)} tilt series, "
+             f"{project.n_particles} particles")
+        if split < len(argv):
+            extract_opts.i = project.optimisation_set
+            extract_subtomograms(extract_opts, command=["relion-py-extract"] + extract_argv
+                                 + ["--i", project.optimisation_set])
+    return run_cli(PROG, run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Write a RELION 5 project for runs of the CryoET Data Portal (the ``relion-py-portal`` program).
+
+Output, in ``--o``: ``tomograms.star`` (one row per tilt series + alignment), ``tilt_series/<name>.star``
+(one per tilt series; images named ``N@<OME-Zarr URL>``), ``particles.star`` (one optics group per tilt
+series), ``optimisation_set.star`` and ``note.txt``. Paths inside the STAR files are relative to the working
+directory, the RELION project folder, as RELION writes them. The column ↔ portal field mapping is in
+:mod:`relion_py.portal.mapping`.
+"""
+import os
+import re
+from dataclasses import dataclass
+
+import cryoet_data_portal as cdp
+import numpy as np
+import pandas as pd
+
+from ..errors import RelionPyError
+from ..io.atomic import atomic_output
+from ..io.star import write_star
+from ..log import warn
+from ..options import option
+from .mapping import read_points, tilt_series_table, tomogram_size
+from .query import select
+
+SEL = "Selection"
+REL = "Values the portal does not hold"
+IO = "Input and output"
+
+
+@dataclass
+class PortalOptions:
+    """Options of relion-py-portal."""
+
+    run_ids: str = option("", "Run ids, comma-separated", SEL)
+    dataset_ids: str = option("", "Dataset ids, comma-separated (all their runs)", SEL)
+    object: str = option(None, "Annotation object name, e.g. 'cytosolic ribosome'", SEL, required=True)
+    inexact_match: bool = option(False, "Match object names containing --object, ignoring case", SEL)
+    ground_truth: bool = option(False, "Only annotations marked as ground truth", SEL)
+    automated_only: bool = option(False, "Only automated annotations (method type 'automated')", SEL)
+    tiltseries_id: int = option(None, "Only this tilt series", SEL)
+    alignment_id: int = option(None, "Only annotation files on this alignment", SEL)
+    voxel_spacing: float = option(None, "Only annotation files of tomograms at this voxel spacing (Å)", SEL)
+    amplitude_contrast: float = option(0.07, "rlnAmplitudeContrast of every tilt series", REL)
+    hand: float = option(-1.0, "rlnTomoHand of every tilt series (+1 or -1)", REL)
+    s3: bool = option(False, "Name tilt images by their s3:// URL (anonymous S3) instead of https://", IO)
+    o: str = option(None, "Output directory", IO, required=True)
+    url: str = option("", "GraphQL endpoint of the portal (default: the client's, the public portal)", IO)
+
+
+@dataclass
+class PortalProject:
+    optimisation_set: str       # path of optimisation_set.star
+    tomograms: list             # rlnTomoName of each tilt series
+    n_particles: int
+
+
+def _ids(text, what):
+    try:
+        return sorted({int(v) for v in str(text).replace(" ", "").split(",") if v})
+    except ValueError:
+        raise RelionPyError(f"--{what} '{text}': expected comma-separated integer ids") from None
+
+
+def tomogram_names(sources):
+    """rlnTomoName per source: the run name, or ``<run name>_<alignment id>`` where one run has several
+    alignments in the selection or two runs share a name; characters other than letters, digits, '.',
+    '_' and '-' become '_' (the name is used in file names)."""
+    names = [re.sub(r"[^A-Za-z0-9._-]", "_", s.run.name) for s in sources]
+    return [n if names.count(n) == 1 else f"{n}_{s.alignment.id}" for n, s in zip(names, sources)]
+
+
+def make_portal_project(opts, command=None):
+    """Query the portal, write the project (see the module doc) and return a :class:`PortalProject`.
+
+    ``command``: the command line, recorded in ``note.txt``.
+    """
+    run_ids, dataset_ids = _ids(opts.run_ids, "run_ids"), _ids(opts.dataset_ids, "dataset_ids")
+    if not 0.0 <= opts.amplitude_contrast < 1.0:
+        raise RelionPyError(f"--amplitude_contrast {opts.amplitude_contrast}: must be in [0, 1)")
+    if opts.hand not in (1.0, -1.0):
+        raise RelionPyError(f"--hand {opts.hand}: must be 1 or -1")
+    client = cdp.Client(url=opts.url or None)
+    sources = select(client, run_ids, dataset_ids, opts.object, opts.inexact_match, opts.ground_truth,
+                     opts.automated_only, opts.tiltseries_id, opts.alignment_id, opts.voxel_spacing)
+    out = opts.o.rstrip("/") or "."
+    names = tomogram_names(sources)
+    tilt_series, tomograms, optics, particles = {}, [], [], []
+    for group, (name, source) in enumerate(zip(names, sources), 1):
+        ts = source.tiltseries
+        if ts.is_aligned:
+            raise RelionPyError(f"tilt series {ts.id} (run {source.run.name}) is stored aligned: its "
+                                "alignment describes the raw stack; choose another with --tiltseries_id")
+        location = ts.s3_omezarr_dir if opts.s3 else ts.https_omezarr_dir
+        if not location:
+            raise RelionPyError(f"tilt series {ts.id} (run {source.run.name}) has no OME-Zarr "
+                                f"{'s3' if opts.s3 else 'https'} location in the portal")
+        offset = [v or 0.0 for v in (source.alignment.volume_x_offset, source.alignment.volume_y_offset,
+                                     source.alignment.volume_z_offset)]
+        if any(offset):
+            warn(f"alignment {source.alignment.id} ({name}) has a reconstruction volume offset of {offset} "
+                 "Å, which RELION's geometry has no place for: it is ignored")
+        star = f"{out}/tilt_series/{name}.star"
+        tilt_series[star] = {name: tilt_series_table(source, location.rstrip("/"))}
+        size = tomogram_size(source)
+        voltage = ts.acceleration_voltage / 1000.0          # volts in the portal
+        tomograms.append(dict(
+            rlnTomoName=name, rlnVoltage=voltage, rlnSphericalAberration=ts.spherical_aberration_constant,
+            rlnAmplitudeContrast=opts.amplitude_contrast, rlnTomoHand=opts.hand, rlnOpticsGroupName=name,
+            rlnTomoTiltSeriesPixelSize=ts.pixel_spacing, rlnTomoTiltSeriesStarFile=star,
+            rlnTomoSizeX=size[0], rlnTomoSizeY=size[1], rlnTomoSizeZ=size[2]))
+        optics.append(dict(rlnOpticsGroup=group, rlnOpticsGroupName=name,
+                           rlnSphericalAberration=ts.spherical_aberration_constant, rlnVoltage=voltage,
+                           rlnTomoTiltSeriesPixelSize=ts.pixel_spacing,
+                           rlnAmplitudeContrast=opts.amplitude_contrast))
+        particles.append((name, group, [read_points(text, vox, spacing, f"annotation file {f.https_path}")
+                                        for f, text, vox, spacing in source.annotation_files]))
+    table = _particle_table(particles)
+    if not len(table):
+        raise RelionPyError("the selected annotation files hold no points")
+    # everything is checked: write
+    os.makedirs(os.path.join(out, "tilt_series"), exist_ok=True)
+    for star, blocks in tilt_series.items():
+        write_star(star, blocks)
+    write_star(f"{out}/tomograms.star", {"global": pd.DataFrame(tomograms)})
+    write_star(f"{out}/particles.star", {"optics": pd.DataFrame(optics), "particles": table})
+    if command:  # as relion_py's other programs (and RELION's tomography programs) write it
+        with atomic_output(os.path.join(out, "note.txt")) as tmp, open(tmp, "w") as fh:
+            fh.write("Command:\n\n" + "".join(w + " " for w in command) + "\n")
+    optimisation_set = f"{out}/optimisation_set.star"
+    write_star(optimisation_set, {"optimisation_set": {"rlnTomoParticlesFile": f"{out}/particles.star",
+                                                       "rlnTomoTomogramsFile": f"{out}/tomograms.star"}})
+    return PortalProject(optimisation_set, names, len(table))
+
+
+def _particle_table(particles):
+    """particles.star's particle table from [(tomogram name, optics group, [(coords, angles | None)])]:
+    angle columns if any file has orientations (the points of the other files get (0, 0, 0), the identity,
+    as RELION gives particles without angles)."""
+    oriented = any(a is not None for *_, files in particles for _, a in files)
+    tables = []
+    for name, group, files in particles:
+        coords = np.concatenate([c for c, _ in files])
+        t = pd.DataFrame({"rlnTomoName": [name] * len(coords),
+                          "rlnTomoParticleName": [f"{name}/{i}" for i in range(1, len(coords) + 1)],
+                          "rlnCenteredCoordinateXAngst": coords[:, 0],
+                          "rlnCenteredCoordinateYAngst": coords[:, 1],
+                          "rlnCenteredCoordinateZAngst": coords[:, 2]})
+        if oriented:
+            eulers = np.concatenate([np.zeros((len(c), 3)) if a is None else a for c, a in files])
+            t["rlnAngleRot"], t["rlnAngleTilt"], t["rlnAnglePsi"] = eulers[:, 0], eulers[:, 1], eulers[:, 2]
+        t["rlnOpticsGroup"] = group
+        tables.append(t)
+    return pd.concat(tables, ignore_index=True)

@@ -1,0 +1,207 @@
+"""A loopback stand-in for the CryoET Data Portal, for offline tests, benchmarks and the README example
+(``python tests/portal_server.py ROOT [PORT]`` serves ROOT until interrupted).
+
+One stdlib ``ThreadingHTTPServer`` on 127.0.0.1 (a free port) that
+
+* answers the GraphQL POSTs of the real ``cryoet_data_portal`` client at ``/graphql``: the query is
+  executed by graphql-core against the client's own copy of the portal schema
+  (``cryoet_data_portal/data/schema.graphql``), over the rows of ``<root>/portal.json`` (written by
+  :func:`relion_py.simulate.write_portal`); ``where`` filters with the scalar comparators (_eq, _neq,
+  _in, _nin, _gt, _gte, _lt, _lte, _is_null, _like, _ilike) are evaluated here, anything else is a
+  GraphQL error (so a query the test server cannot answer fails loudly instead of returning everything);
+* serves the files below ``<root>`` by GET (the portal's https URLs), and path-style S3 GetObject
+  (``/<bucket>/<key>``, for ``BOTO_ENDPOINT_URL``), 404 with an S3 ``NoSuchKey`` body when absent;
+* logs every request (method, path, status, body bytes sent; ``GET /_requests`` returns the log as JSON)
+  and injects faults on request: HTTP 500, a body cut short of its Content-Length ("truncate"), a short
+  body with a matching Content-Length ("corrupt"), or a connection closed without an answer ("drop").
+"""
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+import cryoet_data_portal
+from graphql import build_schema, graphql_sync
+
+SCHEMA = os.path.join(os.path.dirname(cryoet_data_portal.__file__), "data", "schema.graphql")
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    status: int
+    nbytes: int
+
+
+def _like(pattern, value, flags=0):
+    """SQL LIKE: % any run, _ any character."""
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return value is not None and re.fullmatch(regex, str(value), flags | re.S) is not None
+
+
+_OPS = {
+    "_eq": lambda v, a: v == a, "_neq": lambda v, a: v != a, "_in": lambda v, a: v in a,
+    "_nin": lambda v, a: v not in a, "_gt": lambda v, a: v is not None and v > a,
+    "_gte": lambda v, a: v is not None and v >= a, "_lt": lambda v, a: v is not None and v < a,
+    "_lte": lambda v, a: v is not None and v <= a, "_is_null": lambda v, a: (v is None) == a,
+    "_like": lambda v, a: _like(a, v), "_ilike": lambda v, a: _like(a, v, re.I),
+}
+
+
+def _matches(row, where):
+    for field, condition in where.items():
+        if not isinstance(condition, dict) or not condition or not set(condition) <= set(_OPS):
+            raise ValueError(f"the test portal cannot evaluate the filter {field}: {condition}")
+        value = row.get(field)
+        if not all(_OPS[op](value, arg) for op, arg in condition.items()):
+            return False
+    return True
+
+
+class PortalServer:
+    """``with PortalServer(root) as server: server.url ...``"""
+
+    def __init__(self, root, port=0):
+        self.root = os.fspath(root)
+        with open(SCHEMA) as fh:
+            self.schema = build_schema(fh.read())
+        self.log = []
+        self.faults = []          # [path substring, mode, remaining count]
+        self._lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.graphql_url = self.url + "/graphql"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def add_fault(self, pattern, mode, times=1):
+        """The next ``times`` requests whose path contains ``pattern`` fail with ``mode``: '500',
+        'truncate', 'corrupt' or 'drop'."""
+        with self._lock:
+            self.faults.append([pattern, mode, times])
+
+    def reset(self):
+        with self._lock:
+            self.log.clear()
+            self.faults.clear()
+
+    def requests(self, pattern="", method="GET"):
+        """Logged requests whose path contains ``pattern`` (of any method if ``method`` is empty)."""
+        with self._lock:
+            return [r for r in self.log if method in ("", r.method) and pattern in r.path]
+
+    def _take_fault(self, path):
+        with self._lock:
+            for fault in self.faults:
+                if fault[0] in path and fault[2] > 0:
+                    fault[2] -= 1
+                    return fault[1]
+        return None
+
+    def _record(self, method, path, status, nbytes):
+        with self._lock:
+            self.log.append(Request(method, path, status, nbytes))
+
+    def graphql(self, body):
+        request = json.loads(body)
+        with open(os.path.join(self.root, "portal.json")) as fh:
+            tables = json.load(fh)
+
+        def resolver(rows):
+            def resolve(info, where=None, orderBy=(), limitOffset=None):
+                if orderBy or limitOffset:
+                    raise ValueError("the test portal does not support orderBy or limitOffset")
+                return [row for row in rows if _matches(row, where or {})]
+            return resolve
+
+        result = graphql_sync(self.schema, request["query"],
+                              root_value={k: resolver(v) for k, v in tables.items()},
+                              variable_values=request.get("variables"))
+        answer = {"data": result.data}
+        if result.errors:
+            answer["errors"] = [e.formatted for e in result.errors]
+        return json.dumps(answer).encode()
+
+
+def _handler(server):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def _send(self, status, body, content_type="application/octet-stream"):
+            path = urlsplit(self.path).path
+            fault = server._take_fault(path)
+            if fault == "drop":
+                self.close_connection = True
+                server._record(self.command, path, 0, 0)
+                return
+            if fault == "500":
+                status, body = 500, b"injected server error"
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            sent = body[:len(body) // 2] if fault in ("truncate", "corrupt") else body
+            self.send_header("Content-Length", str(len(sent) if fault == "corrupt" else len(body)))
+            self.end_headers()
+            self.wfile.write(sent)
+            if fault == "truncate":
+                self.close_connection = True
+            server._record(self.command, path, status, len(sent))
+
+        def do_GET(self):
+            if self.path == "/_requests":       # the log, for a client in another process (not logged)
+                log = server.requests(method="")
+                body = json.dumps([[r.method, r.path, r.status, r.nbytes] for r in log]).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            rel = unquote(urlsplit(self.path).path).lstrip("/")
+            if ".." in rel.split("/"):
+                return self._send(400, b"bad path")
+            path = os.path.join(server.root, *rel.split("/"))
+            if not os.path.isfile(path):
+                return self._send(404, b"<?xml version='1.0'?><Error><Code>NoSuchKey</Code>"
+                                       b"<Message>The specified key does not exist.</Message></Error>",
+                                  "application/xml")
+            with open(path, "rb") as fh:
+                self._send(200, fh.read())
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if urlsplit(self.path).path != "/graphql":
+                return self._send(404, b"not found")
+            self._send(200, server.graphql(body), "application/json")
+
+    return Handler
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+    with PortalServer(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8000) as running:
+        print(f"serving {running.root} at {running.url} (GraphQL: {running.graphql_url}); Ctrl-C stops",
+              flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

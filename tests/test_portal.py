@@ -1,0 +1,339 @@
+"""relion-py-portal against a loopback CryoET Data Portal: the real cryoet-data-portal client and
+relion_py's OME-Zarr reader talk to tests/portal_server.py, which serves data made by relion_py.simulate.
+
+The simulator also writes the same data as a RELION project on local disk; the portal path must give the
+same STAR files and the same extraction output (compare.py), reading only the chunks under the particle
+windows."""
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import compare_with_relion, working_directory
+from conftest_portal import CHUNKS
+from portal_server import PortalServer
+from scipy.spatial.transform import Rotation
+
+from relion_py.cli.extract import main as extract_main
+from relion_py.cli.portal import main as portal_main
+from relion_py.errors import RelionPyError
+from relion_py.io import zarr_images
+from relion_py.io.star import read_star
+from relion_py.portal import PortalOptions, make_portal_project
+from relion_py.portal.mapping import read_points, tilt_axis_rotation
+from relion_py.simulate import OBJECT_NAME
+
+EXTRACT_2D = ["--b", "64", "--crop", "48", "--stack2d"]
+EXTRACT_3D = ["--b", "48", "--crop", "32"]
+
+
+def _options(portal, **kw):
+    kw = dict(dict(run_ids="100,200", object=OBJECT_NAME, ground_truth=True, o="Portal/",
+                   url=portal.server.graphql_url), **kw)
+    return PortalOptions(**kw)
+
+
+def _project(portal, tmp_path, **kw):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with working_directory(tmp_path):
+        project = make_portal_project(_options(portal, **kw))
+        return project, read_star(project.optimisation_set.replace("optimisation_set", "particles"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mapping (pure functions)
+# ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("angle", [0.0, 85.3, 179.9, -95.0, -179.5])
+def test_tilt_axis_rotation(angle):
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    assert tilt_axis_rotation([[c, -s], [s, c]]) == pytest.approx(angle, abs=1e-12)
+
+
+def test_points_invert_the_portal_ingestion_of_relion_star_files():
+    """The backend stores Rotation.from_euler('ZYZ', (rot, tilt, psi)).inv() (point_converter.py,
+    _from_relion4_star) and locations in tomogram voxels; read_points gives back RELION's values."""
+    angles = np.array([[10.0, 20.0, 30.0], [-170.5, 95.25, 3.125], [45.0, 150.0, -60.0]])
+    centred = np.array([[120.0, -80.0, 12.5], [0.0, 0.0, 0.0], [-300.25, 44.0, -8.0]])
+    size, spacing = (250, 230, 90), 10.0
+    lines = [json.dumps({"type": "orientedPoint",
+                         "location": dict(zip("xyz", (c / spacing + np.array(size) / 2.0).tolist())),
+                         "xyz_rotation_matrix": Rotation.from_euler("ZYZ", a, degrees=True).inv().as_matrix()
+                         .tolist()})
+             for c, a in zip(centred, angles)]
+    coords, eulers = read_points("\n".join(lines) + "\n", size, spacing, "test")
+    np.testing.assert_allclose(coords, centred, atol=1e-9)
+    np.testing.assert_allclose(eulers, angles, atol=1e-9)
+    point = '{"type": "point", "location": {"x": 1, "y": 2, "z": 3}}\n'
+    coords, eulers = read_points(point, size, spacing, "t")
+    assert eulers is None and coords.tolist() == [[-1240.0, -1130.0, -420.0]]
+    with pytest.raises(RelionPyError, match="only some points have an xyz_rotation_matrix"):
+        read_points(lines[0] + '\n{"location": {"x": 1, "y": 2, "z": 3}}\n', size, spacing, "t")
+    with pytest.raises(RelionPyError, match="t, line 1: not a point annotation"):
+        read_points('{"x": 1}\n', size, spacing, "t")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The project written from the portal
+# ---------------------------------------------------------------------------------------------------
+
+def test_project_equals_the_local_relion_project(portal, tmp_path):
+    with working_directory(tmp_path):
+        assert portal_main(["--url", portal.server.graphql_url, "--run-ids", "100,200", "--object",
+                            OBJECT_NAME, "--ground-truth", "--o", "Portal/"]) == 0
+    local, remote = os.path.join(portal.local, "project"), str(tmp_path / "Portal")
+    # particles.star: the very same text
+    with open(os.path.join(local, "particles.star")) as a, open(os.path.join(remote, "particles.star")) as b:
+        assert a.read() == b.read()
+    # tomograms.star and the tilt series: equal but for file names
+    ref, cand = (read_star(os.path.join(d, "tomograms.star"))["global"] for d in (local, remote))
+    assert list(cand["rlnTomoTiltSeriesStarFile"]) == [f"Portal/tilt_series/TS_0{k}.star" for k in (1, 2)]
+    pd.testing.assert_frame_equal(ref.drop(columns="rlnTomoTiltSeriesStarFile"),
+                                  cand.drop(columns="rlnTomoTiltSeriesStarFile"))
+    for name in ("TS_01", "TS_02"):
+        ref, cand = (read_star(os.path.join(d, "tilt_series", f"{name}.star"))[name] for d in (local, remote))
+        assert list(cand["rlnMicrographName"]) == [f"{z}@{portal.zarr_url(name)}" for z in range(1, 14)]
+        pd.testing.assert_frame_equal(ref.drop(columns="rlnMicrographName"),
+                                      cand.drop(columns="rlnMicrographName"))
+    assert read_star(tmp_path / "Portal/optimisation_set.star")["optimisation_set"] == {
+        "rlnTomoParticlesFile": "Portal/particles.star", "rlnTomoTomogramsFile": "Portal/tomograms.star"}
+    # nothing but metadata and the annotation files was downloaded
+    gets = portal.server.requests()
+    assert len(gets) == 2 and all(r.path.endswith(".ndjson") for r in gets)
+    assert len(portal.server.requests("/graphql", method="POST")) <= 12
+
+
+def test_selection_filters(portal, tmp_path):
+    # automated Point annotation: half the particles, no angles
+    project, particles = _project(portal, tmp_path / "a", ground_truth=False, automated_only=True)
+    table = particles["particles"]
+    assert len(table) == 6 and "rlnAngleRot" not in table.columns
+    # both annotations of the object: the points get the identity orientation
+    project, particles = _project(portal, tmp_path / "b", ground_truth=False)
+    table = particles["particles"]
+    assert len(table) == 18 and project.n_particles == 18
+    assert (table[table["rlnTomoParticleName"] == "TS_01/9"][["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]]
+            .to_numpy() == 0).all()
+    # substring match, any case; datasets; one tilt series; one alignment
+    project, _ = _project(portal, tmp_path / "c", object="RIBOSOME", inexact_match=True, run_ids="",
+                          dataset_ids="10000")
+    assert project.tomograms == ["TS_01", "TS_02"]
+    project, particles = _project(portal, tmp_path / "d", tiltseries_id=400)
+    assert project.tomograms == ["TS_02"] and list(particles["optics"]["rlnOpticsGroupName"]) == ["TS_02"]
+    project, _ = _project(portal, tmp_path / "e", alignment_id=300, voxel_spacing=8.0)
+    assert project.tomograms == ["TS_01"]
+    # what the portal does not hold: options written as given
+    _project(portal, tmp_path / "f", amplitude_contrast=0.1, hand=1.0, s3=True)
+    tomograms = read_star(tmp_path / "f/Portal/tomograms.star")["global"]
+    assert list(tomograms["rlnAmplitudeContrast"]) == [0.1, 0.1]
+    assert list(tomograms["rlnTomoHand"]) == [1.0, 1.0]
+    names = read_star(tmp_path / "f/Portal/tilt_series/TS_01.star")["TS_01"]["rlnMicrographName"]
+    assert names[0] == "1@s3://cryoet-data-portal-public/10000/TS_01/TiltSeries/TS_01.zarr"
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(object="ribosome"),
+     "no annotation of object 'ribosome' matches .*there: cytosolic ribosome, membrane; --inexact_match"),
+    (dict(object="membrane", ground_truth=False), "no point shapes"),
+    (dict(run_ids="100,999"), "no run with id 999"),
+    (dict(run_ids="", dataset_ids="5"), "no run in dataset 5"),
+    (dict(run_ids=""), "no run selected"),
+    (dict(run_ids="1x"), "--run_ids '1x': expected comma-separated integer ids"),
+    (dict(voxel_spacing=3.0), "no point annotation file"),
+    (dict(amplitude_contrast=1.5), "must be in"),
+    (dict(hand=0.5), "must be 1 or -1"),
+])
+def test_bad_selections(portal, tmp_path, kw, message):
+    with pytest.raises(RelionPyError, match=message):
+        _project(portal, tmp_path, **kw)
+    assert not (tmp_path / "Portal").exists()
+
+
+@contextlib.contextmanager
+def _edited_portal(portal, tmp_path, edit):
+    """A second server answering from an edited copy of portal.json (files still on the first one)."""
+    root = tmp_path / "edited"
+    root.mkdir()
+    with open(os.path.join(portal.root, "portal.json")) as fh:
+        tables = json.load(fh)
+    edit(tables)
+    (root / "portal.json").write_text(json.dumps(tables))
+    with PortalServer(root) as server:
+        yield server
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t["tiltseries"][0].update(isAligned=True), "tilt series 200 .* is stored aligned"),
+    (lambda t: t["perSectionParameters"].pop(3), r"section z_index 3 has no CTF estimate"),
+    (lambda t: t["frames"][0].update(accumulatedDose=None), "has no frame with an accumulated dose"),
+    (lambda t: t["tomograms"].pop(0), "no tomogram for alignment 300 .*cannot be centred"),
+    (lambda t: t["annotationFiles"].append(dict(t["annotationFiles"][0], id=77, alignmentId=600)),
+     "annotation shape 1001 has several point files"),
+])
+def test_incomplete_portal_metadata(portal, tmp_path, edit, message):
+    with _edited_portal(portal, tmp_path, edit) as server:
+        with pytest.raises(RelionPyError, match=message):
+            _project(portal, tmp_path, url=server.graphql_url)
+    assert not (tmp_path / "Portal").exists()          # nothing written
+
+
+def test_graphql_faults(portal, tmp_path):
+    portal.server.add_fault("/graphql", "500")        # the client retries server errors
+    project, _ = _project(portal, tmp_path / "a")
+    assert project.n_particles == 12
+    with _edited_portal(portal, tmp_path, lambda t: None) as server:
+        url = server.graphql_url
+    with pytest.raises(RelionPyError, match=r"Portal query for Run at http://127.0.0.1:\d+/graphql failed"):
+        _project(portal, tmp_path / "b", url=url)    # nothing listens there any more
+    portal.server.add_fault(".ndjson", "500", times=10)
+    with pytest.raises(RelionPyError, match=r"cannot read http://.*\.ndjson: HTTP 500 \(4 attempts\)"):
+        _project(portal, tmp_path / "c")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Extraction through the portal path = extraction from local disk
+# ---------------------------------------------------------------------------------------------------
+
+class _WindowLog:
+    """Records every window request of ZarrTiltImages: (location, slices, origins, size)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        original = zarr_images.ZarrTiltImages.read_windows
+
+        def read_windows(images, frames, origins, out):
+            location = next(iter(images._arrays))
+            self.calls.append((location, images._slice_of_frame[frames], np.array(origins), out.shape[1]))
+            return original(images, frames, origins, out)
+        monkeypatch.setattr(zarr_images.ZarrTiltImages, "read_windows", read_windows)
+
+
+def _extract_local(portal, args, out):
+    with working_directory(portal.local):
+        if not os.path.isdir(out):
+            assert extract_main(["--i", "project/optimisation_set.star", "--o", out + "/"] + args) == 0
+    return os.path.join(portal.local, out)
+
+
+def _figures(portal, log):
+    """(chunks fetched, chunks under the requested windows, bytes fetched, bytes of the chunks under the
+    windows, bytes of the tilt series' level 0), from the server's log and the files it serves."""
+    touched = {}
+    for location, slices, origins, size in log.calls:
+        keys = touched.setdefault(location.split("/", 3)[3], set())
+        for z, (x0, y0) in zip(slices, origins):
+            ys = np.clip(np.arange(y0, y0 + size), 0, 351) // CHUNKS[1]     # image 384 x 352 px
+            xs = np.clip(np.arange(x0, x0 + size), 0, 383) // CHUNKS[2]
+            keys.update(f"{z}/{cy}/{cx}" for cy in set(ys) for cx in set(xs))
+    under = [f"/{zarr}/0/{key}" for zarr, keys in touched.items() for key in keys]
+    fetched = [r for r in portal.server.requests("/TiltSeries/") if "." not in r.path.rsplit("/", 1)[1]]
+    level0 = [os.path.join(d, f) for name in ("TS_01", "TS_02")
+              for d, _, fs in os.walk(os.path.join(portal.zarr_path(name), "0")) for f in fs]
+    return ([r.path for r in fetched], under, sum(r.nbytes for r in portal.server.requests("/TiltSeries/")),
+            sum(os.path.getsize(os.path.join(portal.root, *p.split("/"))) for p in under),
+            sum(os.path.getsize(p) for p in level0))
+
+
+@pytest.mark.parametrize("args, out", [(EXTRACT_2D, "Extract2D"), (EXTRACT_3D, "Extract3D")])
+def test_one_shot_extraction_equals_local(portal, tmp_path, monkeypatch, args, out):
+    reference = _extract_local(portal, args, out)
+    log = _WindowLog(monkeypatch)
+    with working_directory(tmp_path):
+        assert portal_main(["--url", portal.server.graphql_url, "--run_ids", "100,200", "--object",
+                            OBJECT_NAME, "--ground_truth", "--o", "project/", "--", "--o", out + "/"]
+                           + args) == 0
+    ok, report = compare_with_relion(reference, tmp_path / out)
+    assert ok, report[-3000:]
+    fetched, under, nbytes, under_bytes, whole = _figures(portal, log)
+    assert sorted(fetched) == sorted(under)                  # each chunk under a window, once
+    assert nbytes <= 2 * under_bytes
+    print(f"{out}: fetched {nbytes} B = {nbytes / under_bytes:.3f} x the {under_bytes} B of chunks under the "
+          f"particle windows = {nbytes / whole:.1%} of the tilt series ({whole} B)")
+
+
+def test_remote_extraction_reads_only_visible_windows(portal, tmp_path, monkeypatch):
+    """Few particles (the automated Point annotation: 3 per tilt series): a fraction of the tilt series
+    is fetched, exactly the chunks under the windows of the visible frames."""
+    log = _WindowLog(monkeypatch)
+    with working_directory(tmp_path):
+        assert portal_main(["--url", portal.server.graphql_url, "--run_ids", "100,200", "--object",
+                            OBJECT_NAME, "--automated_only", "--o", "project/", "--", "--o", "Extract/"]
+                           + EXTRACT_2D) == 0
+    particles = read_star(tmp_path / "Extract/particles.star")["particles"]
+    visible = sum(sum(v) for v in particles["rlnTomoVisibleFrames"])
+    assert sum(len(slices) for _, slices, _, _ in log.calls) == visible
+    fetched, under, nbytes, under_bytes, whole = _figures(portal, log)
+    assert sorted(fetched) == sorted(under)
+    assert nbytes <= 2 * under_bytes and nbytes < 0.5 * whole
+    print(f"3 particles per tilt series: fetched {nbytes} B = {nbytes / under_bytes:.3f} x the chunks under "
+          f"the windows = {nbytes / whole:.1%} of the tilt series")
+
+
+def test_local_zarr_extraction_equals_local(portal, tmp_path):
+    """The same reader on the portal-shaped OME-Zarr copied to local disk."""
+    reference = _extract_local(portal, EXTRACT_2D, "Extract2D")
+    with working_directory(tmp_path):
+        make_portal_project(_options(portal, o="project/"))
+        for name in ("TS_01", "TS_02"):
+            local_zarr = os.path.join("zarr", f"{name}.zarr")
+            shutil.copytree(portal.zarr_path(name), local_zarr)
+            path = os.path.join("project", "tilt_series", f"{name}.star")
+            with open(path) as fh:
+                text = fh.read()
+            with open(path, "w") as fh:
+                fh.write(text.replace(portal.zarr_url(name), local_zarr))
+        portal.server.reset()
+        assert extract_main(["--i", "project/optimisation_set.star", "--o", "Extract2D/"] + EXTRACT_2D) == 0
+    assert not portal.server.requests()
+    ok, report = compare_with_relion(reference, tmp_path / "Extract2D")
+    assert ok, report[-3000:]
+
+
+def test_extraction_through_transient_faults_equals_local(portal, tmp_path):
+    """Truncated chunks, server errors and dropped connections during an extraction are retried: the
+    output is the local one."""
+    reference = _extract_local(portal, EXTRACT_2D, "Extract2D")
+    with working_directory(tmp_path):
+        make_portal_project(_options(portal, o="project/"))
+        # disjoint sets of chunks, at most 3 failures for any one (it is read at the 4th attempt)
+        for pattern, mode in [("TS_01.zarr/0/0/", "truncate"), ("TS_02.zarr/0/3/", "500"),
+                              ("TS_01.zarr/0/5/", "drop"), ("TS_02.zarr/0/7/", "corrupt")]:
+            portal.server.add_fault(pattern, mode, times=3)
+        assert extract_main(["--i", "project/optimisation_set.star", "--o", "Extract2D/"] + EXTRACT_2D) == 0
+    assert all(fault[2] == 0 for fault in portal.server.faults)      # every fault did happen
+    ok, report = compare_with_relion(reference, tmp_path / "Extract2D")
+    assert ok, report[-3000:]
+
+
+def test_extraction_network_failure_is_one_clear_line(portal, tmp_path, capsys):
+    with working_directory(tmp_path):
+        make_portal_project(_options(portal))
+        portal.server.add_fault("TS_02.zarr/0/", "500", times=1000)
+        assert extract_main(["--i", "Portal/optimisation_set.star", "--o", "Extract/"] + EXTRACT_2D) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("relion-py-extract: error: cannot read http://127.0.0.1:")
+    assert "TS_02.zarr/0/" in err and err.endswith("HTTP 500 (4 attempts)")
+    # no stack of the failed tilt series, and no half-written file, was left behind
+    out = tmp_path / "Extract"
+    assert not list(out.rglob("TS_02/*")) and not list(out.rglob(".*tmp*"))
+
+
+def test_reconstruct_equals_local(portal, tmp_path):
+    from relion_py.cli.reconstruct import main as reconstruct_main
+    args = ["--b", "48", "--crop", "32"]
+    err = io.StringIO()
+    with working_directory(portal.local), contextlib.redirect_stderr(err):
+        status = reconstruct_main(["--i", "project/optimisation_set.star", "--o", "Reconstruct/"] + args)
+    if status != 0 and "not implemented" in err.getvalue():
+        pytest.skip("relion-py-reconstruct has no tilt-series mode yet")
+    assert status == 0
+    with working_directory(tmp_path):
+        make_portal_project(_options(portal))
+        assert reconstruct_main(["--i", "Portal/optimisation_set.star", "--o", "Reconstruct/"] + args) == 0
+    ok, report = compare_with_relion(os.path.join(portal.local, "Reconstruct"), tmp_path / "Reconstruct")
+    assert ok, report[-3000:]
