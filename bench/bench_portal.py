@@ -41,14 +41,6 @@ PARAMS = SimulationParams(seed=11, n_particles=12, image_size="1024,1024", tomo_
 EXTRACT = ["--b", "128", "--crop", "96", "--stack2d", "--j", "2"]
 
 
-@contextlib.contextmanager
-def _cwd(path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 @contextlib.contextmanager
@@ -77,14 +69,14 @@ def simulation():
     work = Path(tempfile.mkdtemp(prefix="bench_portal_"))
     sim = simulate(PARAMS)
     write_relion_project(sim, str(work / "local"))
-    with _cwd(work / "local"), contextlib.redirect_stderr(io.StringIO()):   # JIT warm-up, untimed
+    with contextlib.chdir(work / "local"), contextlib.redirect_stderr(io.StringIO()):   # JIT warm-up, untimed
         assert extract_main(["--i", "project/optimisation_set.star", "--o", "Warmup/"] + EXTRACT) == 0
     yield sim, work
     shutil.rmtree(work, ignore_errors=True)
 
 
 def _extract(cwd, out):
-    with _cwd(cwd), contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.chdir(cwd), contextlib.redirect_stderr(io.StringIO()):
         t0 = time.perf_counter()
         assert extract_main(["--i", "project/optimisation_set.star", "--o", f"{out}/"] + EXTRACT) == 0
         return time.perf_counter() - t0
@@ -106,7 +98,7 @@ def test_remote_vs_local_extraction(benchmark, simulation, monkeypatch, chunk):
     root.mkdir()
     with _server(root) as url:
         write_portal(sim, str(root), url, chunks=(1, chunk, chunk))
-        with _cwd(remote):
+        with contextlib.chdir(remote):
             make_portal_project(PortalOptions(run_ids="100", object=OBJECT_NAME, ground_truth=True,
                                               o="project/", url=url + "/graphql"))
         before = len(_requests(url))

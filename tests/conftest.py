@@ -2,7 +2,6 @@
 import contextlib
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,7 @@ FIXTURES = Path(__file__).parent / "data" / "fixtures"
 CASES = {c["name"]: c for c in json.loads((FIXTURES / "corpus_spec.json").read_text())["cases"]}
 
 
-@contextlib.contextmanager
-def working_directory(path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+working_directory = contextlib.chdir
 
 
 def mirror_fixtures(dest, case):

@@ -245,6 +245,27 @@ def _slab_of(mode, zp, off, slab_h):
     return (int(zp) + off) // slab_h
 
 
+@njit(inline="always")
+def _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, starts, entries):
+    """One insertion of a walk: task 0 adds it to ``acc`` now; task 1 counts it in its slab; task 2 stores
+    it as an entry of its slab (the weight's sign marks nearest-neighbour entries; weights are > 0)."""
+    if task == 0:
+        _add_entry(acc, off, xp, yp, zp, vr, vi, wt, mode)
+        return
+    slab = _slab_of(mode, zp, off, slab_h)
+    if task == 1:
+        counts[slab] += 1
+        return
+    e = entries[starts[slab]]
+    starts[slab] += 1
+    e[0] = xp
+    e[1] = yp
+    e[2] = zp
+    e[3] = vr
+    e[4] = vi
+    e[5] = wt if mode == 1 else -wt
+
+
 @njit
 def _walk_2d(acc, f2d, fctf, ainv, max_r2, min_r2_nn, nn, center_sign, zero_dc, grid_shape, slab_h, counts,
              starts, entries, task):
@@ -306,21 +327,7 @@ def _walk_2d(acc, f2d, fctf, ainv, max_r2, min_r2_nn, nn, center_sign, zero_dc, 
             mode, xp, yp, zp, vi = _resolve(xp, yp, zp, vi, use_nn, xdim, ydim, zdim, off, True)
             if mode == 0:
                 continue
-            if task == 0:
-                _add_entry(acc, off, xp, yp, zp, vr, vi, wt, mode)
-            else:
-                slab = _slab_of(mode, zp, off, slab_h)
-                if task == 1:
-                    counts[slab] += 1
-                else:
-                    e = entries[starts[slab]]
-                    starts[slab] += 1
-                    e[0] = xp
-                    e[1] = yp
-                    e[2] = zp
-                    e[3] = vr
-                    e[4] = vi
-                    e[5] = wt if mode == 1 else -wt     # weights are > 0: the sign marks NN entries
+            _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, starts, entries)
 
 
 @njit
@@ -372,21 +379,7 @@ def _walk_3d(acc, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn, center_sign,
                     vi = 0.0
                 use_nn = nn and not r_ref_2 < r_min_nn_ref_2
                 mode, xp, yp, zp, vi = _resolve(xp, yp, zp, vi, use_nn, 0, 0, 0, off, False)
-                if task == 0:
-                    _add_entry(acc, off, xp, yp, zp, vr, vi, wt, mode)
-                else:
-                    slab = _slab_of(mode, zp, off, slab_h)
-                    if task == 1:
-                        counts[slab] += 1
-                    else:
-                        e = entries[starts[slab]]
-                        starts[slab] += 1
-                        e[0] = xp
-                        e[1] = yp
-                        e[2] = zp
-                        e[3] = vr
-                        e[4] = vi
-                        e[5] = wt if mode == 1 else -wt
+                _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, starts, entries)
 
 
 _NO_I = np.zeros(1, np.int64)
