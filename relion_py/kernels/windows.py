@@ -12,6 +12,10 @@ def _gather_clamped_windows(stack, slices, origins, out):
     for i in numba.prange(slices.shape[0]):
         img = stack[slices[i]]
         x0, y0 = origins[i, 0], origins[i, 1]
+        if x0 >= 0 and y0 >= 0 and x0 + size <= width and y0 + size <= height:
+            for y in range(size):                  # inside the image: plain row copies (vectorised)
+                out[i, y, :] = img[y0 + y, x0:x0 + size]
+            continue
         for y in range(size):
             yy = min(max(y + y0, 0), height - 1)
             for x in range(size):

@@ -4,21 +4,25 @@ Mirrors ``SubtomoProgram`` (src/jaz/tomography/programs/subtomo.cpp): options, t
 particles.star (``initialise``, ``writeParticleSet``), then per tomogram the per-particle extraction
 (``processTomograms``). Spec: extraction.md.
 """
+import ctypes
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import numba
 import numpy as np
-import pandas as pd
 import scipy.fft
 
 from ..aberrations import aberration_tables
-from ..dose import dose_weights
+from ..dose import dose_weights, dose_x_ranges
 from ..errors import RelionPyError
 from ..geometry import matrix_to_euler
 from ..io.mrc import write_mrc
 from ..io.star import write_star
+from ..fourier import half_to_centred_full
 from ..kernels.extraction import crop_circle, weight_spectra
+from ..kernels.insertion import InsertionWorkspace, insert_slices_forward
+from ..kernels.volume_filters import cone_weight, divide_heuristic, divide_wiener, taper
 from ..log import info, warn
 from ..noise import noise_weights
 from ..options import check_supported, option
@@ -34,23 +38,23 @@ PROC = "Image processing"
 SEL = "Particle and frame selection"
 OUT3D = "Extra 3-D outputs"
 RUN = "Running"
-NOT_YET = "not implemented in relion_py yet"
-NO_EFFECT = "RELION parses it but it has no effect on extraction"
+NO_EFFECT = "accepted for compatibility: RELION parses it but it has no effect on extraction"
 
-# Bytes of working memory per extracted tilt image and pixel of the unbinned square (window, spectrum,
-# binned spectrum, weights, image); bounds the size of a batch.
-BATCH_BYTES = 512 * 2**20
+# Largest batch array (bytes): below glibc's 32 MiB limit for serving allocations from the heap, so that
+# the arrays of one batch reuse the memory of the previous one instead of mapping (and zero-filling) fresh
+# pages for every batch. Memory therefore stays bounded whatever the number of particles.
+BATCH_ARRAY_BYTES = 24 * 2**20
 
 
 @dataclass
 class ExtractOptions:
     """Options of relion_tomo_subtomo (same names; booleans are its switches)."""
 
-    i: str = option("", "Input optimisation set (or a particles STAR file)", IO)
-    p: str = option("", "Particles STAR file (overrides the optimisation set's)", IO)
-    t: str = option("", "Tomograms STAR file (overrides the optimisation set's)", IO)
-    mot: str = option("", "Particle trajectories (motion.star; overrides the optimisation set's)", IO)
-    o: str = option(None, "Output directory", IO, required=True)
+    i: str = option("", "Input optimisation set (or a particles STAR file)", IO, metavar="FILE")
+    p: str = option("", "Particles STAR file (overrides the optimisation set's)", IO, metavar="FILE")
+    t: str = option("", "Tomograms STAR file (overrides the optimisation set's)", IO, metavar="FILE")
+    mot: str = option("", "Particle trajectories (motion.star; overrides the optimisation set's)", IO, metavar="FILE")
+    o: str = option(None, "Output directory", IO, required=True, metavar="DIR")
     b: int = option(None, "Box size of the extracted 2-D images, in binned pixels", BOX, required=True)
     crop: int = option(-1, "Output box size in binned pixels (-1: same as --b)", BOX)
     bin: float = option(1.0, "Binning factor (may be non-integer)", BOX)
@@ -70,7 +74,7 @@ class ExtractOptions:
                                  SEL)
     dont_apply_offsets: bool = option(False, "Do not apply rlnOriginX/Y/ZAngst to the particle positions", SEL)
     apply_orientations: bool = option(False, "Rotate the pseudo-subtomograms by the particle orientations "
-                                      "(implies applying offsets)", SEL, unsupported=NOT_YET)
+                                      "(implies applying offsets)", SEL)
     only_do_unfinished: bool = option(False, "Skip particles whose output file already exists", RUN)
     j: int = option(6, "Number of threads", RUN)
     SNR: float = option(-1.0, "Wiener SNR for the --div output (3-D)", OUT3D)
@@ -85,15 +89,15 @@ class ExtractOptions:
     cone_sig0: float = option(2.0, "Width of the --cone_weight cone at the origin (px)", OUT3D)
     taper: float = option(5.0, "Taper width (px) of the --div output (3-D)", OUT3D)
     no_center: bool = option(False, "Do not subtract the mean in the --div output's taper (3-D)", OUT3D)
-    env: float = option(-1.0, "Envelope sigma", OUT3D, unsupported=NO_EFFECT)
+    env: float = option(-1.0, "Envelope sigma (" + NO_EFFECT + ")", OUT3D)
     real_subtomo: bool = option(False, "Extract from reconstructed tomograms and re-project", PROC,
                                 unsupported="RELION's classic Projector path is not ported")
-    sum: bool = option(False, "Sum all pseudo-subtomograms (debugging)", RUN, unsupported="a RELION debugging option")
-    no_writing: bool = option(False, "Do not write per-particle files (debugging, with --sum)", RUN,
-                              unsupported="a RELION debugging option")
-    diag: bool = option(False, "Diagnostic output", RUN, unsupported=NO_EFFECT)
+    sum: bool = option(False, "Also write the sum of all pseudo-subtomograms: sum_data.mrc, sum_weight.mrc and the "
+                       "CTF-divided sum_div.mrc (3-D; debugging)", RUN)
+    no_writing: bool = option(False, "Do not write the per-particle 3-D files (debugging, with --sum)", RUN)
+    diag: bool = option(False, "Diagnostic output (" + NO_EFFECT + ")", RUN)
     pipeline_control: str = option("", "RELION pipeline control directory (RELION_JOB_EXIT_SUCCESS is written there)",
-                                   RUN)
+                                   RUN, metavar="DIR")
 
 
 @dataclass
@@ -152,13 +156,32 @@ def command_line(opts, prog="relion-py-extract"):
     return words
 
 
+def _reuse_freed_memory():
+    """Ask glibc to serve allocations below 32 MiB from the heap and to keep freed heap memory: the arrays of
+    each batch then reuse the previous batch's pages instead of mapping and zero-filling new ones (which
+    otherwise costs about a fifth of the run time in the kernel). No effect without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)    # M_MMAP_THRESHOLD (also turns off its dynamic adjustment)
+        libc.mallopt(-1, 2**30)         # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 64 * 2**20)    # M_TOP_PAD
+    except (OSError, AttributeError):
+        pass
+
+
 def extract_subtomograms(opts, command=None):
     """Run relion_tomo_subtomo with ``opts`` (an :class:`ExtractOptions`); returns an :class:`ExtractResult`."""
     check_supported(opts)
-    if not opts.stack2d:
-        raise RelionPyError("3-D pseudo-subtomograms (the default without --stack2d) are not implemented yet; "
-                            "use --stack2d")
+    for name in ("env", "diag"):
+        if getattr(opts, name) != ExtractOptions.__dataclass_fields__[name].default:
+            warn(f"--{name} has no effect (as in RELION 5, which parses but never uses it)")
+    if opts.stack2d:
+        ignored = [f"--{n}" for n in ("ctf", "div", "nrm", "multi", "no_comb", "cone_weight", "sum", "no_writing")
+                   if getattr(opts, n)]
+        if ignored:
+            warn(f"{', '.join(ignored)} only affect 3-D pseudo-subtomograms; ignored with --stack2d (as in RELION)")
     sizes = derive_sizes(opts)
+    _reuse_freed_memory()
     threads = min(opts.j, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(threads)
     out_dir = opts.o if opts.o.endswith("/") else opts.o + "/"
@@ -179,11 +202,14 @@ def extract_subtomograms(opts, command=None):
                                         n_removed)
         # QUIRK: aberrations are evaluated once, at binning × the pixel size of the first optics group
         aberrations = aberration_tables(particles.optics, sizes.box, opts.bin * particles.optics_pixel_size[0])
+        sums = _Sums(sizes.crop) if opts.sum and not opts.stack2d else None
         n_images = 0
         for tomo in tomograms:
             if tomo.name in kept and len(kept[tomo.name].rows):
                 n_images += _extract_tomogram(opts, sizes, threads, tomo, particles, kept[tomo.name], roots,
-                                              aberrations)
+                                              aberrations, sums)
+        if sums is not None:
+            sums.write(opts, out_dir, opts.bin * tomograms.tomograms[0].pixel_size)
         if opts.pipeline_control:
             open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
         return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
@@ -292,12 +318,12 @@ def _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, traje
     return particles_star, opt_path
 
 
-def _batches(counts, max_items):
+def _batches(counts, max_items, max_particles):
     """Split particles (with ``counts`` items each) into consecutive batches of at most ``max_items`` items
-    (at least one particle each)."""
+    and ``max_particles`` particles (at least one particle each)."""
     start, total = 0, 0
     for k, c in enumerate(counts):
-        if total and total + c > max_items:
+        if k > start and (total + c > max_items or k - start >= max_particles):
             yield start, k
             start, total = k, 0
         total += c
@@ -305,12 +331,13 @@ def _batches(counts, max_items):
         yield start, len(counts)
 
 
-def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberrations):
+def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberrations, sums=None):
     """``processTomograms`` for one tomogram: returns the number of tilt images extracted."""
     pixel_size = tomo.pixel_size * opts.bin         # nominal binned pixel size (CTF, dose, header)
     do_ctf = not opts.no_ctf
-    dose_w = dose_weights(tomo.dose, sizes.box, pixel_size, tomo.bfactor_per_dose) if do_ctf else \
-        np.zeros((0, 1, 1), np.float32)
+    # 3-D mode always needs the dose weights: they limit the inserted frequencies (xRanges), even with --no_ctf
+    dose_w = dose_weights(tomo.dose, sizes.box, pixel_size, tomo.bfactor_per_dose) if do_ctf or not opts.stack2d \
+        else np.zeros((0, 1, 1), np.float32)
     even_gamma, odd_phase = aberrations
     if not do_ctf:   # the even aberrations act through the CTF only
         even_gamma = np.zeros((0, 1, 1))
@@ -318,34 +345,198 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberra
     optics = np.array([tomo.voltage, tomo.cs, tomo.q0])
     groups_of_particle = particles.optics_index[geom.rows]
     suffix = "_stack2d.mrcs" if opts.stack2d else "_data.mrc"
-    todo = np.array([not (opts.only_do_unfinished and os.path.exists(roots[r] + suffix)) for r in geom.rows])
+    todo = np.array([not (opts.only_do_unfinished and os.path.exists(roots[r] + suffix)) for r in geom.rows], bool)
     selection = np.flatnonzero(todo)
+    if opts.only_do_unfinished and len(selection) < len(geom.rows):
+        info(f"{tomo.name}: skipping {len(geom.rows) - len(selection)} particles whose {suffix} file exists")
     counts = geom.visible[selection].sum(axis=1)
-    per_item = 4 * sizes.square ** 2 * 3 + 16 * sizes.box ** 2
-    max_items = max(1, BATCH_BYTES // per_item)
+    per_item = max(4 * sizes.square ** 2, 8 * sizes.square * (sizes.square // 2 + 1), 4 * sizes.box ** 2)
+    max_items = max(1, BATCH_ARRAY_BYTES // per_item)
+    max_particles = len(selection) if opts.stack2d else max(2 * threads, BATCH_ARRAY_BYTES // (4 * sizes.crop ** 3))
     for folder in {os.path.dirname(roots[r]) for r in geom.rows}:
         os.makedirs(folder, exist_ok=True)
+    writer = None if opts.stack2d else _Volume3D(opts, sizes, tomo, particles, geom, dose_w, pixel_size, threads,
+                                                 sums, max_particles)
+    crop = not opts.no_circle_crop or opts.grid_precorr
+    n_images = 0
+    try:
+        n_images = _extract_batches(opts, sizes, threads, tomo, geom, roots, selection, counts, max_items, max_particles,
+                                    writer, crop, do_ctf, dose_w, even_gamma, odd_phase, noise_w, optics,
+                                    groups_of_particle, pixel_size, suffix)
+    finally:
+        if writer is not None:
+            writer.close()
+    return n_images
+
+
+def _extract_batches(opts, sizes, threads, tomo, geom, roots, selection, counts, max_items, max_particles, writer, crop,
+                     do_ctf, dose_w, even_gamma, odd_phase, noise_w, optics, groups_of_particle, pixel_size, suffix):
+    """The batch loop of :func:`_extract_tomogram`: returns the number of tilt images extracted."""
     n_images = 0
     with Progress(f"Extracting {tomo.name}", len(selection)) as bar:
-        for a, b in _batches(counts, max_items):
+        for a, b in _batches(counts, max_items, max_particles):
             sel = selection[a:b]
             items = tilt_items(geom, sel, sizes.square, opts.bin, sizes.box)
             spectra = extract_spectra(tomo.images, items, sizes.square, opts.circle_precrop, threads)
-            data, _ = weight_spectra(
+            # the 2-D images need a decentred inverse FFT (stack2d, crop); the 3-D insertion wants D itself
+            decentre = opts.stack2d or crop
+            data, weights = weight_spectra(
                 spectra, sizes.box, opts.bin, items.shifts, items.frame, groups_of_particle[items.particle],
                 defocus_per_item(tomo, geom, items), optics, pixel_size, 1.0 if opts.no_ic else -1.0, do_ctf,
-                dose_w, even_gamma, odd_phase, noise_w, opts.bin if opts.stack2d else 1.0, True)
+                dose_w, even_gamma, odd_phase, noise_w, opts.bin if opts.stack2d else 1.0, decentre,
+                separable=True)
             del spectra
-            images = scipy.fft.irfft2(data, s=(sizes.box, sizes.box), norm="ortho", workers=threads)
-            del data
-            if not opts.no_circle_crop or opts.grid_precorr:
-                crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr)
-            lo, hi = sizes.boundary, sizes.box - sizes.boundary
-            start = 0
-            for k, c in zip(sel, counts[a:b]):
-                write_mrc(roots[geom.rows[k]] + suffix, images[start:start + c, lo:hi, lo:hi], pixel_size,
-                          stack=True, float16=opts.float16)
-                start += c
-            n_images += start
+            if decentre:
+                images = scipy.fft.irfft2(data, s=(sizes.box, sizes.box), norm="ortho", workers=threads)
+                del data
+                if crop:
+                    crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr, tabulated=True)
+            batch_counts = counts[a:b]
+            if opts.stack2d:
+                lo, hi = sizes.boundary, sizes.box - sizes.boundary
+                start = 0
+                for k, c in zip(sel, batch_counts):
+                    write_mrc(roots[geom.rows[k]] + suffix, images[start:start + c, lo:hi, lo:hi], pixel_size,
+                              stack=True, float16=opts.float16)
+                    start += c
+            else:
+                if crop:   # RELION re-transforms the masked images (centred FFT: the (-1)^(x+y) is applied later)
+                    data = scipy.fft.rfft2(images, norm="ortho", workers=threads)
+                    del images
+                writer.process(sel, batch_counts, items, data, weights, centred_source=crop, roots=roots)
+            n_images += int(batch_counts.sum())
             bar.advance(len(sel))
     return n_images
+
+
+class _Volume3D:
+    """The 3-D half of ``processTomograms`` for one tomogram: forward insertion of each particle's weighted
+    2-D spectra, decentring, the s2D/(s3D·sqrt(bin)) scale, the inverse 3-D FFT, the optional cone weight,
+    and the output files."""
+
+    def __init__(self, opts, sizes, tomo, particles, geom, dose_w, pixel_size, threads, sums, max_particles):
+        self.opts, self.sizes, self.geom, self.threads, self.sums = opts, sizes, geom, threads, sums
+        # two workspaces: batch i is inserted while the files of batch i-1 (views into the other) are written
+        capacity = min(max_particles, len(geom.rows))
+        self.workspaces = [InsertionWorkspace(capacity, sizes.crop) for _ in range(2)]
+        self.n_batches = 0
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relion_py_writer")
+        self.pending = None
+        self.pixel_size = pixel_size
+        self.x_ranges = dose_x_ranges(dose_w, opts.cutoff_fract)
+        self.rot = tomo.projections[:, :3, :3]
+        a_sub = particles.subtomogram_matrices(geom.rows)
+        a_full = np.einsum("nij,njk->nik", a_sub, particles.particle_matrices(geom.rows))
+        # the frame of the pseudo-subtomograms: A_sub, or A_sub·A_part with --apply_orientations
+        self.frame = a_full if opts.apply_orientations else a_sub
+        self.a_full = a_full
+        self.scale = sizes.crop / float(sizes.box)      # relative_box_scale
+        nf = np.float32(sizes.box) / (np.float32(sizes.crop) * np.sqrt(np.float32(opts.bin)))
+        self.normfft = float(nf) if abs(float(nf) - 1.0) > 1e-4 else 1.0
+
+    def process(self, sel, counts, items, data, weights, centred_source, roots):
+        s3 = self.sizes.crop
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        axes = insertion_axes(self.rot[items.frame], self.frame[items.particle], self.scale)
+        volumes, ctf_mult = insert_slices_forward(data, weights, starts, counts, items.frame, axes, self.x_ranges,
+                                                  s3, centred_source=centred_source, decentre=True, scale=self.normfft,
+                                                  workspace=self.workspaces[self.n_batches % 2])
+        self.n_batches += 1
+        del data, weights
+        real = scipy.fft.irfftn(volumes, s=(s3, s3, s3), axes=(1, 2, 3), norm="ortho", workers=self.threads)
+        del volumes
+        if self.opts.cone_weight:
+            spectra = scipy.fft.rfftn(real, axes=(1, 2, 3), norm="forward", workers=self.threads)
+            cone_weight(spectra, ctf_mult, self.a_full[sel], self.opts.cone_angle, self.opts.cone_sig0)
+            real = scipy.fft.irfftn(spectra, s=(s3, s3, s3), axes=(1, 2, 3), norm="forward", workers=self.threads)
+            del spectra
+        if self.sums is not None:
+            self.sums.add(real, ctf_mult[:, :s3])
+        self.wait()
+        if not self.opts.no_writing:
+            files = [roots[self.geom.rows[k]] for k in sel]
+            self.pending = self.writer.submit(self._write, files, real, ctf_mult)
+
+    def _write(self, files, real, ctf_mult):
+        for j, root in enumerate(files):
+            _write_volume_outputs(self.opts, root, real[j], ctf_mult[j], self.sizes.crop, self.pixel_size)
+
+    def wait(self):
+        """Wait for the files of the previous batch (re-raising any error of the writer)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def close(self):
+        try:
+            self.wait()
+        finally:
+            self.writer.shutdown(wait=True)
+
+
+class _Sums:
+    """``--sum``: the float32 sums of all data volumes and CTF² volumes (in particle order; RELION's order
+    depends on its thread schedule), written as sum_data.mrc, sum_weight.mrc (full, centred) and the
+    CTF-divided sum_div.mrc (Wiener with --SNR, else the heuristic; no taper)."""
+
+    def __init__(self, size):
+        self.data = np.zeros((size, size, size), np.float32)
+        self.weights = np.zeros((size, size, size // 2 + 1), np.float32)
+
+    def add(self, data, weights):
+        for d, w in zip(data, weights):
+            self.data += d
+            self.weights += w
+
+    def write(self, opts, out_dir, pixel_size):
+        write_mrc(out_dir + "sum_data.mrc", self.data, pixel_size)
+        write_mrc(out_dir + "sum_weight.mrc", half_to_centred_full(self.weights), pixel_size)
+        spectrum = scipy.fft.rfftn(self.data, norm="ortho")
+        if opts.SNR > 0.0:
+            divide_wiener(spectrum, self.weights, 1.0 / opts.SNR)
+        else:
+            divide_heuristic(spectrum, self.weights, 0.001)
+        write_mrc(out_dir + "sum_div.mrc", scipy.fft.irfftn(spectrum, s=self.data.shape, norm="ortho"), pixel_size)
+
+
+def insertion_axes(rotations, frames, scale):
+    """u, v (rows 0 and 1) of ``(P_f · A) · relative_box_scale`` per item, as RELION's t4Matrix product
+    evaluates them (left-to-right sums over k). rotations: (n, 3, 3) R_f; frames: (n, 3, 3) A. → (n, 2, 3)."""
+    out = np.empty((len(rotations), 2, 3))
+    for i in range(2):
+        for j in range(3):
+            out[:, i, j] = (rotations[:, i, 0] * frames[:, 0, j] + rotations[:, i, 1] * frames[:, 1, j]
+                            + rotations[:, i, 2] * frames[:, 2, j]) * scale
+    return out
+
+
+def _write_volume_outputs(opts, root, data, ctf_mult, s3, pixel_size):
+    """``<root>_data.mrc``, ``_weights.mrc`` and the optional 3-D outputs of one particle."""
+    inv_px = 1.0 / pixel_size
+    f16 = opts.float16
+    write_mrc(root + "_data.mrc", data, pixel_size, float16=f16)
+    if not opts.no_comb:
+        write_mrc(root + "_weights.mrc", ctf_mult, inv_px, float16=f16)
+    ctf, mult = ctf_mult[:s3], ctf_mult[s3:]
+    if opts.ctf:
+        write_mrc(root + "_CTF2.mrc", half_to_centred_full(ctf), inv_px, float16=f16)
+    if opts.multi:
+        write_mrc(root + "_multi.mrc", half_to_centred_full(mult), inv_px, float16=f16)
+    if opts.nrm:
+        spectrum = scipy.fft.rfftn(data, norm="ortho")
+        positive = mult > 0
+        safe = np.where(positive, mult, np.float32(1))
+        spectrum = np.where(positive, (spectrum.real / safe) + 1j * (spectrum.imag / safe), 0).astype(np.complex64)
+        ctf_nrm = np.where(positive, ctf / safe, np.float32(0)).astype(np.float32)
+        write_mrc(root + "_data_nrm.mrc", scipy.fft.irfftn(spectrum, s=data.shape, norm="ortho"), pixel_size,
+                  float16=f16)
+        write_mrc(root + "_CTF2_nrm.mrc", half_to_centred_full(ctf_nrm), inv_px, float16=f16)
+    if opts.div:
+        spectrum = scipy.fft.rfftn(data, norm="ortho")
+        if opts.SNR > 0.0:
+            divide_wiener(spectrum, ctf, 1.0 / opts.SNR)
+        else:
+            divide_heuristic(spectrum, ctf, 0.001)
+        divided = scipy.fft.irfftn(spectrum, s=data.shape, norm="ortho")
+        taper(divided, opts.taper, not opts.no_center)
+        write_mrc(root + "_div.mrc", divided, pixel_size, float16=f16)
