@@ -10,18 +10,21 @@ import numba
 import numpy as np
 
 from ._jit import njit
-from .ctf import astigmatism_form, clamp_ctf, ctf_constants, ctf_gamma, ctf_value
+from .ctf import CTF_MIN_ABS, astigmatism_form, ctf_constants
+from .fastmath import sin_vectorisable
 
 
 @njit(parallel=True)
 def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf,
                     dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre, out, out_weights, x_ranges,
-                    float32_c, separable):
+                    float32_c):
     n, s0 = spectra.shape[0], spectra.shape[1]
     s = out.shape[1]
     sh = out.shape[2]
     bin_scale = np.float32(binning)
     inv_as = 1.0 / (s * pixel_size)
+    has_even, has_odd, has_noise = even_gamma.shape[0] > 0, odd_phase.shape[0] > 0, noise_w.shape[0] > 0
+    has_ranges = do_ctf and x_ranges.shape[0] > 0
     for i in numba.prange(n):
         f = frames[i]
         g = groups[i]
@@ -30,53 +33,54 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
                                            ctf_params[i, 4])
         axx, axy, ayy = astigmatism_form(ctf_params[i, 0], ctf_params[i, 1], ctf_params[i, 2])
         scale = ctf_params[i, 5]
-        if separable:
-            # exp(2πi(a + b)) = exp(2πi a)·exp(2πi b) and exp(K4(X² + Y²)) = exp(K4 X²)·exp(K4 Y²) in double:
-            # the same values up to double round-off (|Δ| ~ 1e-16), 1 transcendental per sample instead of 4
-            ramp_x = np.empty((sh, 2))
-            env_x = np.empty(sh)
-            for x in range(sh):
-                phase = 2.0 * math.pi * (tx * x / s)
-                ramp_x[x, 0] = math.cos(phase)
-                ramp_x[x, 1] = math.sin(phase)
-                env_x[x] = math.exp(k4 * ((x * inv_as) * (x * inv_as)))
+        # exp(2πi(a + b)) = exp(2πi a)·exp(2πi b) and exp(K4(X² + Y²)) = exp(K4 X²)·exp(K4 Y²), in double:
+        # RELION's per-sample values up to double round-off, with one transcendental per sample (the sine)
+        ramp_c = np.empty(sh)
+        ramp_s = np.empty(sh)
+        env_x = np.empty(sh)
+        no_offset = np.zeros(sh)
+        c_row = np.empty(sh)
+        for x in range(sh):
+            phase = 2.0 * math.pi * (tx * x / s)
+            ramp_c[x] = math.cos(phase)
+            ramp_s[x] = math.sin(phase)
+            env_x[x] = math.exp(k4 * ((x * inv_as) * (x * inv_as)))
         for y in range(s):
             ky = y if y < s // 2 else y - s
             ysrc = y if y < s // 2 else y - s + s0          # Fourier crop: keep the low frequencies
-            cy = sy = env_y = 0.0
-            if separable:
-                phase_y = 2.0 * math.pi * (ty * ky / s)
-                cy = math.cos(phase_y)
-                sy = math.sin(phase_y)
-                env_y = math.exp(k4 * ((ky * inv_as) * (ky * inv_as)))
+            phase_y = 2.0 * math.pi * (ty * ky / s)
+            cy = math.cos(phase_y)
+            sy = math.sin(phase_y)
+            fy = ky * inv_as
+            env_y = math.exp(k4 * (fy * fy))
             x_end = sh
-            if do_ctf and x_ranges.shape[0] > 0:           # frequencies beyond the dose cut-off are zeroed
+            if has_ranges:                                 # frequencies beyond the dose cut-off are zeroed
                 x_end = min(sh, x_ranges[f, y])
                 for x in range(x_end, sh):
                     out[i, y, x] = 0
                     out_weights[i, y, x] = 0
+            if do_ctf:
+                # CTF × dose per sample (``CTF::draw`` stores the CTF as float); a branch-free loop that LLVM
+                # vectorises thanks to sin_vectorisable
+                offset = even_gamma[g, y] if has_even else no_offset
+                for x in range(x_end):
+                    fx = x * inv_as
+                    u2 = fx * fx + fy * fy
+                    gamma = (k1 * (axx * fx * fx + 2.0 * axy * fx * fy + ayy * fy * fy) + k2 * u2 * u2 - k5 - k3
+                             + offset[x])
+                    ctf = -sin_vectorisable(gamma) * (env_x[x] * env_y) * scale
+                    ctf = (CTF_MIN_ABS if ctf >= 0.0 else -CTF_MIN_ABS) if abs(ctf) < CTF_MIN_ABS else ctf
+                    c_row[x] = np.float64(np.float32(ctf)) * np.float64(dose_w[f, y, x])
+            parity = ysrc & 1
             for x in range(x_end):
                 v = spectra[i, ysrc, x]
-                if (x + ysrc) % 2 == 1:                    # the source square was ifftshift-ed
+                if (x + parity) & 1:                       # the source square was ifftshift-ed
                     v = -v
                 if binning != 1.0:                         # one factor of bin, not bin² (QUIRK)
                     v = v / bin_scale
-                if separable:
-                    cx, sx = ramp_x[x, 0], ramp_x[x, 1]
-                    ramp = np.complex64(complex(cx * cy - sx * sy, sx * cy + cx * sy))
-                else:
-                    phase = 2.0 * math.pi * (tx * x / s + ty * ky / s)
-                    ramp = np.complex64(complex(math.cos(phase), math.sin(phase)))
-                v = v * ramp
+                v = v * np.complex64(complex(ramp_c[x] * cy - ramp_s[x] * sy, ramp_s[x] * cy + ramp_c[x] * sy))
                 if do_ctf:
-                    gamma_offset = even_gamma[g, y, x] if even_gamma.shape[0] > 0 else 0.0
-                    if separable:
-                        gamma = ctf_gamma(x * inv_as, ky * inv_as, k1, k2, k3, k5, axx, axy, ayy, gamma_offset)
-                        ctf = np.float32(clamp_ctf(-math.sin(gamma) * (env_x[x] * env_y) * scale))
-                    else:
-                        ctf = np.float32(ctf_value(x * inv_as, ky * inv_as, k1, k2, k3, k4, k5, axx, axy, ayy,
-                                                   scale, gamma_offset))
-                    c = np.float64(ctf) * np.float64(dose_w[f, y, x])
+                    c = c_row[x]
                     if float32_c:                          # c = sign·ctf·dose and c² formed in float
                         cf = np.float32(sign * c)
                         v = v * cf
@@ -87,15 +91,15 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
                 else:
                     v = v * np.float32(sign)
                     w = np.float32(1.0)
-                if odd_phase.shape[0] > 0:
+                if has_odd:
                     p = odd_phase[g, y, x]
                     v = np.complex64(complex(v.real * p.real + v.imag * p.imag, v.imag * p.real - v.real * p.imag))
-                if noise_w.shape[0] > 0:
+                if has_noise:
                     v = v * noise_w[f, y, x]
                     w = w * noise_w[f, y, x]
                 if post_scale != 1.0:
                     v = v / np.float32(post_scale)
-                if decentre and (x + y) % 2 == 1:
+                if decentre and (x + y) & 1:
                     v = -v
                 out[i, y, x] = v
                 out_weights[i, y, x] = w
@@ -140,7 +144,7 @@ def weight_spectra(spectra, size, binning, shifts, frames, groups, ctf_params, c
                         bool(do_ctf), dose_w, even_gamma, odd_phase, noise_w, float(post_scale), bool(decentre),
                         out, out_weights,
                         np.zeros((0, 0), np.int64) if x_ranges is None else np.ascontiguousarray(x_ranges, np.int64),
-                        bool(float32_c), bool(separable))
+                        bool(float32_c))
     return out, out_weights
 
 
