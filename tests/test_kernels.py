@@ -184,4 +184,8 @@ def test_vectorisable_sine_matches_libm():
     x = np.concatenate([rng.uniform(-1e4, 1e4, 200_000), rng.uniform(-3, 3, 50_000), [0.0, np.pi, -np.pi / 2]])
     got = apply(x)
     assert np.abs(got - np.sin(x)).max() < 1e-15
-    assert np.array_equal(got.astype(np.float32), np.sin(x).astype(np.float32))
+    # as a float32 (how the CTF is stored) it is libm's value except, rarely, one ulp at a rounding tie
+    g32, r32 = got.astype(np.float32), np.sin(x).astype(np.float32)
+    differ = g32 != r32
+    assert differ.mean() < 1e-4
+    assert np.all(np.abs(g32[differ] - r32[differ]) <= np.spacing(np.abs(r32[differ])))
