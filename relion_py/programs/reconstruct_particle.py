@@ -1,0 +1,408 @@
+"""relion_tomo_reconstruct_particle: reconstruct a particle directly from the tilt series.
+
+Mirrors ``ReconstructParticleProgram`` (src/jaz/tomography/programs/reconstruct_particle.cpp):
+``readBasicParameters``, ``run``, ``processTomograms`` (per tomogram: dose weights and their x ranges,
+noise weights, per particle the re-extraction of every visible tilt, CTF × dose premultiplication,
+backward Fourier insertion into private accumulators, per-tomogram checkpoints), ``finalise``,
+``symmetrise``, ``reconstruct`` and ``writeOutput``. Spec: reconstruction.md, part A.
+
+Numerics: the 2-D images are processed in float32 as in RELION (``relion_py.tilt_extraction``,
+``relion_py.kernels.extraction``), accumulated in float64 (``relion_py.kernels.insertion_backward``),
+finalised in float64 (``relion_py.kernels.map_finalisation``).
+"""
+import glob
+import os
+from dataclasses import dataclass, fields
+
+import numba
+import numpy as np
+import scipy.fft
+
+from ..aberrations import aberration_tables
+from ..dose import dose_weights, dose_x_ranges
+from ..errors import RelionPyError
+from ..fourier import half_to_centred_full
+from ..io.mrc import read_mrc, write_mrc
+from ..kernels import map_finalisation as fin
+from ..kernels.extraction import crop_circle, weight_spectra
+from ..kernels.insertion_backward import insert_slices_backward, slice_matrices
+from ..log import info, warn
+from ..noise import noise_weights
+from ..options import check_supported, option
+from ..progress import Progress
+from ..project.optimisation_set import OptimisationSet
+from ..project.particles import ParticleSet, Trajectories
+from ..project.tomograms import TomogramSet
+from ..symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
+from ..tilt_extraction import TiltItems, defocus_per_item, particle_geometry, tilt_items
+
+IO = "Input and output"
+REC = "Reconstruction options"
+SYM = "Symmetry"
+RUN = "Running"
+
+# Working memory of one batch of tilt images (windows, their spectra, the weighted slices); larger batches
+# make the cache-blocked insertion sweep the accumulators less often.
+BATCH_BYTES = 128 * 2**20
+
+
+@dataclass
+class ReconstructParticleOptions:
+    """Options of relion_tomo_reconstruct_particle (same names; booleans are its switches)."""
+
+    i: str = option("", "Input optimisation set", IO, metavar="FILE")
+    p: str = option("", "Particles STAR file (overrides the optimisation set's)", IO, metavar="FILE")
+    t: str = option("", "Tomograms STAR file (overrides the optimisation set's)", IO, metavar="FILE")
+    mot: str = option("", "Particle trajectories (motion.star; overrides the optimisation set's)", IO,
+                      metavar="FILE")
+    o: str = option(None, "Output directory", IO, required=True, metavar="DIR")
+    b: int = option(None, "Box size of the reconstruction, in binned pixels", REC, required=True)
+    crop: int = option(-1, "Size of the (additionally written) cropped map (-1: no crop)", REC)
+    bin: float = option(1.0, "Binning factor (may be non-integer)", REC)
+    taper: float = option(10.0, "Taper the final map against the sphere by this number of pixels", REC)
+    SNR: float = option(-1.0, "Assumed signal-to-noise ratio for a Wiener filter (negative: RELION's "
+                        "heuristic)", REC)
+    whiten: bool = option(False, "Whiten the noise by flattening the power spectrum", REC)
+    no_ctf: bool = option(False, "Do not apply CTFs (nor dose weights)", REC)
+    no_circle_crop: bool = option(False, "Do not crop the 2-D images to a circle before the Fourier "
+                                  "transform", REC)
+    cutoff_fract: float = option(0.01, "Ignore shells for which the dose weight falls below this value", REC)
+    sym: str = option("C1", "Symmetry group", SYM)
+    nr_helical_asu: int = option(1, "Number of helical asymmetrical units", SYM)
+    helical_rise: float = option(0.0, "Helical rise (in Angstroms)", SYM)
+    helical_twist: float = option(0.0, "Helical twist (in degrees, + for right-handedness)", SYM)
+    mem: int = option(-1, "Max. amount of memory (in GB) for the accumulators (--j_out will be reduced)", RUN)
+    j: int = option(6, "Number of threads (symmetrisation, FFTs, 2-D image processing)", RUN)
+    j_in: int = option(3, "Inner threads: threads sharing one accumulator (split over z)", RUN)
+    j_out: int = option(2, "Outer threads: number of private accumulators", RUN)
+    only_do_unfinished: bool = option(False, "Resume from the per-tomogram checkpoints in <o>/temp/", RUN)
+    no_backup: bool = option(False, "Do not write per-tomogram checkpoints (makes --only_do_unfinished "
+                             "impossible)", RUN)
+    no_recon: bool = option(False, "Only backproject, do not reconstruct (for benchmarking)", RUN)
+    pipeline_control: str = option("", "RELION pipeline control directory (RELION_JOB_EXIT_SUCCESS is "
+                                   "written there)", RUN, metavar="DIR")
+
+
+@dataclass
+class ReconstructParticleResult:
+    """What a run wrote."""
+
+    output_dir: str
+    maps: list          # paths of the maps written (empty with --no_recon)
+    n_particles: int    # particles visible in at least one tilt
+    n_slices: int       # tilt images backprojected
+    pixel_size: float   # of the output maps (Å)
+
+
+def command_line(opts, prog="relion-py-reconstruct"):
+    """The argv words of ``opts`` (for note.txt when called from Python)."""
+    words = [prog]
+    for f in fields(opts):
+        value = getattr(opts, f.name)
+        if value == f.default:
+            continue
+        words += [f"--{f.name}"] if isinstance(value, bool) else [f"--{f.name}", str(value)]
+    return words
+
+
+def _validate(opts):
+    """Refuse bad options before anything is read or written."""
+    check_supported(opts)
+    s = opts.b
+    if s is None or s <= 0 or s % 2:
+        raise RelionPyError(f"--b must be a positive even number (got {s}); RELION's Fourier-space centring "
+                            "assumes even boxes")
+    if opts.crop > 0:
+        if opts.crop > s:
+            raise RelionPyError(f"--crop ({opts.crop}) must not exceed --b ({s})")
+        if opts.crop % 2:
+            raise RelionPyError(f"--crop must be even (got {opts.crop}); RELION would write a "
+                                f"{opts.crop + 1}-px map")
+    if not opts.bin > 0:
+        raise RelionPyError(f"--bin must be positive (got {opts.bin})")
+    square = int(opts.bin * s + 0.5)
+    if square % 2:
+        raise RelionPyError(f"--bin {opts.bin} x --b {s} gives an odd extraction square of {square} px; "
+                            "choose sizes whose unbinned square is even")
+    if opts.bin != 1.0 and int(square / opts.bin + 0.5) != s:
+        raise RelionPyError(f"--bin {opts.bin} cannot Fourier-crop a {square}-px square to --b {s}")
+    for name in ("j", "j_in", "j_out"):
+        if getattr(opts, name) < 1:
+            raise RelionPyError(f"--{name} must be at least 1")
+    if opts.taper < 0:
+        raise RelionPyError(f"--taper must not be negative (got {opts.taper})")
+    if opts.nr_helical_asu < 1:
+        raise RelionPyError(f"--nr_helical_asu must be at least 1 (got {opts.nr_helical_asu})")
+    if opts.whiten and opts.no_ctf:
+        raise RelionPyError("--whiten with --no_ctf is not supported: RELION 5.0.1 multiplies the weights of "
+                            "every particle once more by the noise weights (its result depends on --j_out)")
+    if not is_c1(opts.sym):
+        point_group_operators(opts.sym)          # raises a clear error for unknown groups
+    return square
+
+
+def accumulator_count(opts, s):
+    """j_out after RELION's --mem reduction (``run``): GB per outer thread = 2·(s/2+1)·s²·3·8 / 2³⁰."""
+    gb_per_thread = 2.0 * (s // 2 + 1) * s * s * 3.0 * 8 / 2.0 ** 30
+    j_out = opts.j_out
+    if opts.mem > 0 and opts.mem / gb_per_thread < j_out:
+        reduced = int(opts.mem / gb_per_thread)
+        if reduced < 1:
+            raise RelionPyError(f"--mem {opts.mem} GB is less than one accumulator needs "
+                                f"({gb_per_thread:.3g} GB for --b {s})")
+        info(f"Outer thread number reduced from {j_out} to {reduced} due to memory constraints (--mem).")
+        j_out = reduced
+    info(f"Memory required for accumulation: {gb_per_thread * j_out:.6g} GB")
+    return j_out
+
+
+def reconstruct_particle(opts, command=None):
+    """Run relion_tomo_reconstruct_particle with ``opts`` (a :class:`ReconstructParticleOptions`); returns a
+    :class:`ReconstructParticleResult`."""
+    square = _validate(opts)
+    s = opts.b
+    n_acc = accumulator_count(opts, s)
+    threads = max(1, min(max(opts.j, opts.j_out * opts.j_in), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    out_dir = opts.o if opts.o.endswith("/") else opts.o + "/"
+    files = OptimisationSet.from_arguments(opts.i, opts.p, opts.t, opts.mot)
+    tomograms = TomogramSet(files.tomograms)
+    try:
+        particles = ParticleSet(files.particles, tomograms)
+        trajectories = Trajectories(files.trajectories) if files.trajectories else None
+        halves_of = _half_sets(particles)
+        n_half = 2 if halves_of is not None else 1
+        pixel_size = tomograms.tomograms[0].pixel_size * opts.bin      # px_out: the FIRST tomogram's
+        operators = _symmetry_operators(opts, pixel_size)
+        geoms = {}
+        for tomo in tomograms:
+            rows = particles.rows_of(tomo.name)
+            if len(rows):
+                geoms[tomo.name] = particle_geometry(particles, rows, tomo, True, s / 2.0, -1.0, trajectories)
+        n_visible = sum(int(g.visible.any(axis=1).sum()) for g in geoms.values())
+        n_slices = sum(int(g.visible.sum()) for g in geoms.values())
+        if n_slices == 0:
+            raise RelionPyError("no particle is visible in any tilt image (every particle is closer than "
+                                f"--b/2 = {s / 2} px to an image edge): nothing to reconstruct")
+        n_hidden = len(particles) - n_visible
+        if n_hidden:
+            warn(f"{n_hidden} particle(s) are not visible in any tilt image and contribute nothing.")
+
+        os.makedirs(out_dir + "temp", exist_ok=True)
+        if not opts.pipeline_control:                       # RELION skips note.txt under pipeline control
+            _write_note(out_dir, command or command_line(opts))
+        sh = s // 2 + 1
+        acc = np.zeros((n_acc, n_half, s, s, sh, 3))    # [..., (Re D, Im D, W)]
+        aberrations = aberration_tables(particles.optics, s, pixel_size)
+        tmp_root = out_dir + "temp/sum_"
+        start, previous = 0, -1
+        if opts.only_do_unfinished:
+            start, previous = _resume(tmp_root, len(tomograms), acc)
+        for tt in range(start, len(tomograms)):
+            tomo = tomograms.tomograms[tt]
+            geom = geoms.get(tomo.name)
+            if geom is None:
+                continue
+            _backproject_tomogram(opts, square, threads, n_acc, tomo, tt, len(tomograms), particles, geom,
+                                  halves_of, pixel_size, aberrations, acc)
+            if not opts.no_backup:
+                _fold(acc)
+                _write_checkpoint(tmp_root, tt, acc[0])
+                if previous > -1:
+                    _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
+                previous = tt
+        _fold(acc)
+        maps = []
+        if not opts.no_recon:
+            data = acc[0, ..., 0] + 1j * acc[0, ..., 1]
+            weight = acc[0, ..., 2].copy()
+            del acc
+            maps = _finalise(opts, out_dir, data, weight, operators, pixel_size, threads)
+            _remove(glob.glob(tmp_root + "*.mrc"))
+        if opts.pipeline_control:
+            open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
+        return ReconstructParticleResult(output_dir=out_dir, maps=maps, n_particles=n_visible,
+                                         n_slices=n_slices, pixel_size=pixel_size)
+    finally:
+        tomograms.close()
+
+
+def _write_note(out_dir, words):
+    """``ZIO::prepareTomoOutputDirectory``'s note.txt."""
+    with open(out_dir + "note.txt", "w") as fh:
+        fh.write("Command:\n\n" + "".join(w + " " for w in words) + "\n")
+
+
+def _half_sets(particles):
+    """0-based half set of every particle row (rlnRandomSubset - 1), or None without the column."""
+    table = particles.table
+    if "rlnRandomSubset" not in table.columns:
+        warn(f"The input particles in {particles.path} have no rlnRandomSubset to specify halfsets, "
+             "joining all particles in half1")
+        return None
+    try:
+        subsets = table["rlnRandomSubset"].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RelionPyError(f"{particles.path}: rlnRandomSubset holds non-numeric values") from None
+    bad = ~np.isin(subsets, (1.0, 2.0))
+    if bad.any():
+        raise RelionPyError(f"{particles.path}: rlnRandomSubset must be 1 or 2 (found {subsets[bad][0]:g})")
+    return subsets.astype(np.int64) - 1
+
+
+def _symmetry_operators(opts, pixel_size):
+    """``ReconstructParticleProgram::symmetrise``'s operator list, or None if it does not symmetrise.
+    --helical_rise / --helical_twist are read with textToFloat (float32)."""
+    if is_c1(opts.sym) and opts.nr_helical_asu <= 1:
+        return None
+    rise = float(np.float32(opts.helical_rise))
+    twist = float(np.float32(opts.helical_twist))
+    return tomo_symmetry_matrices(opts.sym, opts.nr_helical_asu, twist, rise / pixel_size)
+
+
+def _batches(counts, max_items):
+    """Consecutive particle ranges with at most ``max_items`` items (at least one particle each)."""
+    start, total = 0, 0
+    for k, c in enumerate(counts):
+        if total and total + c > max_items:
+            yield start, k
+            start, total = k, 0
+        total += c
+    if start < len(counts):
+        yield start, len(counts)
+
+
+def _backproject_tomogram(opts, square, threads, n_acc, tomo, tt, n_tomo, particles, geom, halves_of,
+                          pixel_size, aberrations, acc):
+    """``processTomograms`` for one tomogram: re-extract, weight and insert every visible tilt image."""
+    s = opts.b
+    binned_ps = tomo.pixel_size * opts.bin
+    do_ctf = not opts.no_ctf
+    dose_w = dose_weights(tomo.dose, s, binned_ps, tomo.bfactor_per_dose)
+    x_ranges = dose_x_ranges(dose_w, opts.cutoff_fract)
+    noise_w = (noise_weights(tomo.images, s, opts.bin, threads) if opts.whiten
+               else np.zeros((0, 1, 1), np.float32))
+    even_gamma, odd_phase = aberrations
+    if not do_ctf:
+        even_gamma = np.zeros((0, 1, 1))
+    optics = np.array([tomo.voltage, tomo.cs, tomo.q0])
+    groups_of_particle = particles.optics_index[geom.rows]
+    halves = halves_of[geom.rows] if halves_of is not None else np.zeros(len(geom.rows), np.int64)
+    pose = particles.subtomogram_matrices(geom.rows) @ particles.particle_matrices(geom.rows)
+    proj = (pixel_size / binned_ps) * tomo.projections[:, :3, :3]
+    selection = np.flatnonzero(geom.visible.any(axis=1))
+    counts = geom.visible[selection].sum(axis=1)
+    per_item = 4 * square * square + 8 * square * (square // 2 + 1) + 2 * 12 * s * (s // 2 + 1)
+    max_items = max(1, BATCH_BYTES // per_item)
+    info(f"Tomogram {tt + 1} / {n_tomo}: {tomo.name}, {len(selection)} particles, "
+         f"{int(counts.sum())} tilt images")
+    max_batch = min(int(counts.sum()), max(max_items, int(counts.max(initial=1))))
+    window_buffer = np.empty((max_batch, square, square), np.float32)     # reused: no page faults per batch
+    with Progress(f"Backprojecting {tomo.name}", len(selection)) as bar:
+        for a, b in _batches(counts, max_items):
+            sel = selection[a:b]
+            items = _by_half(tilt_items(geom, sel, square, opts.bin, s), halves)
+            m = len(items.frame)
+            windows = window_buffer[:m]
+            tomo.images.read_windows(items.frame, items.origins, windows)
+            if not opts.no_circle_crop:          # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5)
+                crop_circle(windows, 0, tabulated=True)
+            spectra = scipy.fft.rfft2(windows, norm="ortho", workers=threads)
+            slices, slice_w = weight_spectra(
+                spectra, s, opts.bin, items.shifts, items.frame, groups_of_particle[items.particle],
+                defocus_per_item(tomo, geom, items), optics, binned_ps, -1.0, do_ctf, dose_w, even_gamma,
+                odd_phase, noise_w, 1.0, False, x_ranges=x_ranges, float32_c=True, separable=True)
+            del spectra
+            q = slice_matrices(proj[items.frame] @ pose[items.particle])
+            starts = (np.arange(n_acc + 1) * m) // n_acc      # even split over the private accumulators
+            insert_slices_backward(acc, slices, slice_w, q, x_ranges[items.frame, 0], halves[items.particle],
+                                   starts, opts.j_in)
+            del slices, slice_w
+            bar.advance(len(sel))
+
+
+def _by_half(items, halves):
+    """The items reordered half set by half set (stable), so that each sweep of the cache-blocked insertion
+    touches one half's accumulator; this changes only the order of the double additions."""
+    order = np.argsort(halves[items.particle], kind="stable")
+    return TiltItems(particle=items.particle[order], frame=items.frame[order], origins=items.origins[order],
+                     shifts=items.shifts[order])
+
+
+def _fold(acc):
+    """Sum the private accumulators into the first one and zero the others (RELION: i = 2.. into i mod 2)."""
+    for a in range(1, acc.shape[0]):
+        acc[0] += acc[a]
+        acc[a] = 0
+
+
+def _write_checkpoint(tmp_root, tt, acc):
+    """``temp/sum_<tt>_data_half<h>.mrc`` (real parts in z < s, imaginary in z ≥ s) and
+    ``temp/sum_<tt>_ctf_half<h>.mrc``, float32, pixel size 1. acc: (H, s, s, sh, 3)."""
+    for h in range(acc.shape[0]):
+        write_mrc(f"{tmp_root}{tt}_data_half{h}.mrc", np.concatenate([acc[h, ..., 0], acc[h, ..., 1]]), 1.0)
+        write_mrc(f"{tmp_root}{tt}_ctf_half{h}.mrc", acc[h, ..., 2], 1.0)
+
+
+def _resume(tmp_root, n_tomo, acc):
+    """--only_do_unfinished: the last tomogram with a ``..._data_half1.mrc`` checkpoint (QUIRK: only written
+    with half sets) is loaded into the first accumulator; returns (first tomogram to do, checkpoint index)."""
+    s = acc.shape[2]
+    for tt in range(n_tomo - 1, -1, -1):
+        if os.path.exists(f"{tmp_root}{tt}_data_half1.mrc"):
+            for h in range(acc.shape[1]):
+                d, _ = read_mrc(f"{tmp_root}{tt}_data_half{h}.mrc")
+                w, _ = read_mrc(f"{tmp_root}{tt}_ctf_half{h}.mrc")
+                if d.shape != (2 * s, s, s // 2 + 1) or w.shape != (s, s, s // 2 + 1):
+                    raise RelionPyError(f"checkpoint {tmp_root}{tt}_*_half{h}.mrc does not match --b {s}")
+                acc[0, h, ..., 0] = d[:s]
+                acc[0, h, ..., 1] = d[s:]
+                acc[0, h, ..., 2] = w
+            info(f"Resuming after tomogram {tt + 1} from the checkpoint in {os.path.dirname(tmp_root)}")
+            return tt + 1, tt
+    return 0, -1
+
+
+def _remove(paths):
+    for path in paths:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+def _finalise(opts, out_dir, data, weight, operators, pixel_size, threads):
+    """``finalise``: symmetrise, then per half and merged: gridding correction, CTF division, output."""
+    if operators is not None:
+        for h in range(data.shape[0]):
+            data[h], weight[h] = fin.symmetrise(data[h], weight[h], operators)
+    maps = []
+    if data.shape[0] == 2:
+        both_d, both_w = data[0] + data[1], weight[0] + weight[1]
+        for h in range(2):
+            maps += _reconstruct_and_write(opts, out_dir, data[h], weight[h], weight[h], f"half{h + 1}",
+                                           pixel_size, threads)
+        # QUIRK: weight_merged.mrc holds half 1's weights (RELION passes ctfImgFS[0])
+        maps += _reconstruct_and_write(opts, out_dir, both_d, both_w, weight[0], "merged", pixel_size,
+                                       threads)
+    else:
+        maps += _reconstruct_and_write(opts, out_dir, data[0], weight[0], weight[0], "merged", pixel_size,
+                                       threads)
+    return maps
+
+
+def _reconstruct_and_write(opts, out_dir, data, weight, written_weight, tag, pixel_size, threads):
+    """``reconstruct`` + ``writeOutput`` of one map."""
+    s = opts.b
+    corrected = fin.gridding_correct(data, threads)
+    divided = fin.ctf_divide(corrected, weight, opts.SNR, threads)
+    paths = [f"{out_dir}data_{tag}.mrc", f"{out_dir}weight_{tag}.mrc"]
+    write_mrc(paths[0], corrected, pixel_size)
+    write_mrc(paths[1], half_to_centred_full(written_weight), pixel_size)
+    if 0 < opts.crop < s:
+        paths.append(f"{out_dir}{tag}_full.mrc")
+        write_mrc(paths[-1], divided, pixel_size)
+        divided = fin.crop_centre(divided, opts.crop)
+    paths.append(f"{out_dir}{tag}.mrc")
+    write_mrc(paths[-1], fin.taper(divided, opts.taper), pixel_size)
+    return paths
