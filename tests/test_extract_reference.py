@@ -10,7 +10,6 @@
 import json
 import os
 
-import numpy as np
 import pytest
 
 from conftest import FIXTURES, compare_with_relion, working_directory

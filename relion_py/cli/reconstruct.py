@@ -5,8 +5,9 @@ import sys
 
 from ..errors import RelionPyError
 from ..io.star import read_star
-from ..options import build_parser
+from ..options import build_parser, parse_options
 from ..programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
+from ..programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
 from .common import run_cli
 
 PROG = "relion-py-reconstruct"
@@ -67,8 +68,6 @@ def parse_image_options(argv):
 
 
 def _tilt_series(argv):
-    from ..options import parse_options
-    from ..programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
     opts = parse_options(ReconstructParticleOptions, argv, PROG, "Tilt-series mode (relion_tomo_reconstruct_particle)")
     reconstruct_particle(opts, command=[PROG] + list(argv))
 

@@ -106,8 +106,7 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
 
 
 def weight_spectra(spectra, size, binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf,
-                   dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre, x_ranges=None, float32_c=False,
-                   separable=False):
+                   dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre, x_ranges=None, float32_c=False):
     """From the spectra of the unbinned squares to the weighted, binned, re-centred 2-D spectra.
 
     Mirrors, per tilt image: ``Resampling::FourierCrop_fftwHalfStack`` (crop, /bin), ``shiftStack``
@@ -130,9 +129,6 @@ def weight_spectra(spectra, size, binning, shifts, frames, groups, ctf_params, c
                 weight are 0 for x >= L(y, f) (relion_tomo_reconstruct_particle); None: no masking
     float32_c:  form c = sign·CTF·dose and the weight c·c in float32, as relion_tomo_reconstruct_particle
                 does (default: c in double, weight float(c²), as relion_tomo_subtomo)
-    separable:  evaluate the phase ramp and the CTF's B-factor envelope as products of per-column and
-                per-row factors (in double; equal to the direct evaluation up to double round-off, so the
-                float32 results differ rarely, and then in the last bit) — about 3x faster
     Returns (data (n, s2D, s2D//2+1) complex64, weights (n, s2D, s2D//2+1) float32).
     """
     n = spectra.shape[0]
@@ -148,51 +144,9 @@ def weight_spectra(spectra, size, binning, shifts, frames, groups, ctf_params, c
     return out, out_weights
 
 
-@njit(parallel=True)
-def _crop_circle(images, boundary, falloff, do_crop, grid_precorrect):
-    n, h, w = images.shape
-    mx = float(w // 2)
-    my = float(h // 2)
-    radius = mx - boundary
-    for i in numba.prange(n):
-        mean_out = 0.0
-        if do_crop:
-            total = 0.0
-            count = 0
-            for y in range(h):
-                for x in range(w):
-                    r = math.sqrt((x - mx) ** 2 + (y - my) ** 2)
-                    if r > radius:
-                        total += images[i, y, x]
-                        count += 1
-            mean_out = total / count if count > 0 else 0.0
-        for y in range(h):
-            for x in range(w):
-                r = math.sqrt((x - mx) ** 2 + (y - my) ** 2)
-                v = float(images[i, y, x])
-                if do_crop:
-                    if r < radius - falloff:
-                        m = 1.0
-                    elif r < radius:
-                        m = 0.5 - 0.5 * math.cos(math.pi * (radius - r) / falloff)
-                    else:
-                        m = 0.0
-                    v = m * (v - mean_out)
-                    images[i, y, x] = np.float32(v)
-                if grid_precorrect:
-                    # QUIRK: discontinuous at r = 1 and not normalised (≈ R/π near the centre)
-                    if r < 1.0:
-                        g = 1.0
-                    elif r < radius - 1.0:
-                        g = r / math.sin(math.pi * r / radius)
-                    else:
-                        g = 0.0
-                    images[i, y, x] = np.float32(images[i, y, x] * g)
-
-
 @njit
 def _circle_tables(h, w, boundary, falloff):
-    """Per-pixel circle mask, outside flag and gridding pre-correction of ``_crop_circle`` (same formulas)."""
+    """Per-pixel circle mask, outside flag and gridding pre-correction (RELION's formulas, in double)."""
     mx = float(w // 2)
     my = float(h // 2)
     radius = mx - boundary
@@ -219,7 +173,7 @@ def _circle_tables(h, w, boundary, falloff):
 
 
 @njit(parallel=True)
-def _crop_circle_tabulated(images, mask, outside, grid, do_crop, grid_precorrect):
+def _crop_circle(images, mask, outside, grid, do_crop, grid_precorrect):
     n, h, w = images.shape
     for i in numba.prange(n):
         if do_crop:
@@ -240,19 +194,15 @@ def _crop_circle_tabulated(images, mask, outside, grid, do_crop, grid_precorrect
                     images[i, y, x] = np.float32(images[i, y, x] * grid[y, x])
 
 
-def crop_circle(images, boundary, falloff=5.0, do_crop=True, grid_precorrect=False, tabulated=False):
+def crop_circle(images, boundary, falloff=5.0, do_crop=True, grid_precorrect=False):
     """Circular soft mask, in place: radius w/2 - boundary, cosine fall-off of ``falloff`` px, after
     subtracting the mean of the pixels outside the radius; optionally the 2-D gridding pre-correction.
 
     Mirrors ``TomoExtraction::cropCircle`` and ``TomoExtraction::griddingPreCorrect``
     (src/jaz/tomography/extraction.h). images: (n, h, w) float32, modified in place.
-    ``tabulated``: evaluate the mask once for all images (identical results, several times faster for
-    large batches).
     """
     if images.shape[0]:
-        if tabulated:
-            mask, outside, grid = _circle_tables(images.shape[1], images.shape[2], float(boundary), float(falloff))
-            _crop_circle_tabulated(images, mask, outside, grid, bool(do_crop), bool(grid_precorrect))
-        else:
-            _crop_circle(images, float(boundary), float(falloff), bool(do_crop), bool(grid_precorrect))
+        # the mask is the same for every image: evaluated once
+        mask, outside, grid = _circle_tables(images.shape[1], images.shape[2], float(boundary), float(falloff))
+        _crop_circle(images, mask, outside, grid, bool(do_crop), bool(grid_precorrect))
     return images

@@ -306,12 +306,12 @@ def _backproject_tomogram(opts, square, threads, n_acc, tomo, tt, n_tomo, partic
             windows = window_buffer[:m]
             tomo.images.read_windows(items.frame, items.origins, windows)
             if not opts.no_circle_crop:          # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5)
-                crop_circle(windows, 0, tabulated=True)
+                crop_circle(windows, 0)
             spectra = scipy.fft.rfft2(windows, norm="ortho", workers=threads)
             slices, slice_w = weight_spectra(
                 spectra, s, opts.bin, items.shifts, items.frame, groups_of_particle[items.particle],
                 defocus_per_item(tomo, geom, items), optics, binned_ps, -1.0, do_ctf, dose_w, even_gamma,
-                odd_phase, noise_w, 1.0, False, x_ranges=x_ranges, float32_c=True, separable=True)
+                odd_phase, noise_w, 1.0, False, x_ranges=x_ranges, float32_c=True)
             del spectra
             q = slice_matrices(proj[items.frame] @ pose[items.particle])
             starts = (np.arange(n_acc + 1) * m) // n_acc      # even split over the private accumulators

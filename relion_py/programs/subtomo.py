@@ -383,14 +383,13 @@ def _extract_batches(opts, sizes, threads, tomo, geom, roots, selection, counts,
             data, weights = weight_spectra(
                 spectra, sizes.box, opts.bin, items.shifts, items.frame, groups_of_particle[items.particle],
                 defocus_per_item(tomo, geom, items), optics, pixel_size, 1.0 if opts.no_ic else -1.0, do_ctf,
-                dose_w, even_gamma, odd_phase, noise_w, opts.bin if opts.stack2d else 1.0, decentre,
-                separable=True)
+                dose_w, even_gamma, odd_phase, noise_w, opts.bin if opts.stack2d else 1.0, decentre)
             del spectra
             if decentre:
                 images = scipy.fft.irfft2(data, s=(sizes.box, sizes.box), norm="ortho", workers=threads)
                 del data
                 if crop:
-                    crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr, tabulated=True)
+                    crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr)
             batch_counts = counts[a:b]
             if opts.stack2d:
                 lo, hi = sizes.boundary, sizes.box - sizes.boundary
