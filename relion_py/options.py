@@ -64,3 +64,21 @@ def parse_options(options_class, argv, prog, description, epilog=None):
     """Parse ``argv`` (without the program name) into an ``options_class`` instance."""
     ns = build_parser(options_class, prog, description, epilog).parse_args(argv)
     return options_class(**vars(ns))
+
+
+INPUT_GROUP = "Input and output"
+
+
+@dataclasses.dataclass
+class ProjectInputs:
+    """The input and output options every tomography program shares: ``--i`` (optimisation set, or a
+    particles STAR file), ``--p``, ``--t``, ``--mot`` (which override the optimisation set's entries), ``--o``."""
+
+    i: str = option("", "Input optimisation set (or a particles STAR file)", INPUT_GROUP, metavar="FILE")
+    p: str = option("", "Particles STAR file (overrides the optimisation set's)", INPUT_GROUP,
+                    metavar="FILE")
+    t: str = option("", "Tomograms STAR file (overrides the optimisation set's)", INPUT_GROUP,
+                    metavar="FILE")
+    mot: str = option("", "Particle trajectories (motion.star; overrides the optimisation set's)",
+                      INPUT_GROUP, metavar="FILE")
+    o: str = option(None, "Output directory", INPUT_GROUP, required=True, metavar="DIR")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from relion_py import symmetry as S
+
 from relion_py.errors import RelionPyError
 from relion_py.symmetry import (
     helical_hh,

@@ -28,7 +28,7 @@ from ..kernels.extraction import crop_circle, weight_spectra
 from ..kernels.insertion_backward import insert_slices_backward, slice_matrices
 from ..log import info, warn
 from ..noise import noise_weights
-from ..options import check_supported, option
+from ..options import ProjectInputs, check_supported, option
 from ..progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
@@ -36,7 +36,6 @@ from ..project.tomograms import TomogramSet
 from ..symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
 from ..tilt_extraction import TiltItems, defocus_per_item, particle_geometry, tilt_items
 
-IO = "Input and output"
 REC = "Reconstruction options"
 SYM = "Symmetry"
 RUN = "Running"
@@ -47,15 +46,9 @@ BATCH_BYTES = 128 * 2**20
 
 
 @dataclass
-class ReconstructParticleOptions:
+class ReconstructParticleOptions(ProjectInputs):
     """Options of relion_tomo_reconstruct_particle (same names; booleans are its switches)."""
 
-    i: str = option("", "Input optimisation set", IO, metavar="FILE")
-    p: str = option("", "Particles STAR file (overrides the optimisation set's)", IO, metavar="FILE")
-    t: str = option("", "Tomograms STAR file (overrides the optimisation set's)", IO, metavar="FILE")
-    mot: str = option("", "Particle trajectories (motion.star; overrides the optimisation set's)", IO,
-                      metavar="FILE")
-    o: str = option(None, "Output directory", IO, required=True, metavar="DIR")
     b: int = option(None, "Box size of the reconstruction, in binned pixels", REC, required=True)
     crop: int = option(-1, "Size of the (additionally written) cropped map (-1: no crop)", REC)
     bin: float = option(1.0, "Binning factor (may be non-integer)", REC)

@@ -25,14 +25,14 @@ from ..kernels.insertion import InsertionWorkspace, insert_slices_forward
 from ..kernels.volume_filters import cone_weight, divide_heuristic, divide_wiener, taper
 from ..log import info, warn
 from ..noise import noise_weights
-from ..options import check_supported, option
+from ..options import INPUT_GROUP, ProjectInputs, check_supported, option
 from ..progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..tilt_extraction import defocus_per_item, extract_spectra, particle_geometry, tilt_items
 
-IO = "Input and output"
+IO = INPUT_GROUP
 BOX = "Box and binning"
 PROC = "Image processing"
 SEL = "Particle and frame selection"
@@ -47,14 +47,9 @@ BATCH_ARRAY_BYTES = 24 * 2**20
 
 
 @dataclass
-class ExtractOptions:
+class ExtractOptions(ProjectInputs):
     """Options of relion_tomo_subtomo (same names; booleans are its switches)."""
 
-    i: str = option("", "Input optimisation set (or a particles STAR file)", IO, metavar="FILE")
-    p: str = option("", "Particles STAR file (overrides the optimisation set's)", IO, metavar="FILE")
-    t: str = option("", "Tomograms STAR file (overrides the optimisation set's)", IO, metavar="FILE")
-    mot: str = option("", "Particle trajectories (motion.star; overrides the optimisation set's)", IO, metavar="FILE")
-    o: str = option(None, "Output directory", IO, required=True, metavar="DIR")
     b: int = option(None, "Box size of the extracted 2-D images, in binned pixels", BOX, required=True)
     crop: int = option(-1, "Output box size in binned pixels (-1: same as --b)", BOX)
     bin: float = option(1.0, "Binning factor (may be non-integer)", BOX)
