@@ -350,8 +350,8 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberra
     max_particles = len(selection) if opts.stack2d else max(2 * threads, BATCH_ARRAY_BYTES // (4 * sizes.crop ** 3))
     for folder in {os.path.dirname(roots[r]) for r in geom.rows}:
         os.makedirs(folder, exist_ok=True)
-    writer = None if opts.stack2d else _Volume3D(opts, sizes, tomo, particles, geom, dose_w, pixel_size, threads,
-                                                 sums, max_particles)
+    writer = _OneBehindWriter() if opts.stack2d else _Volume3D(opts, sizes, tomo, particles, geom, dose_w,
+                                                               pixel_size, threads, sums, max_particles)
     crop = not opts.no_circle_crop or opts.grid_precorr
     n_images = 0
     try:
@@ -359,8 +359,7 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberra
                                     writer, crop, do_ctf, dose_w, even_gamma, odd_phase, noise_w, optics,
                                     groups_of_particle, pixel_size, suffix)
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
     return n_images
 
 
@@ -387,12 +386,8 @@ def _extract_batches(opts, sizes, threads, tomo, geom, roots, selection, counts,
                     crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr)
             batch_counts = counts[a:b]
             if opts.stack2d:
-                lo, hi = sizes.boundary, sizes.box - sizes.boundary
-                start = 0
-                for k, c in zip(sel, batch_counts):
-                    write_mrc(roots[geom.rows[k]] + suffix, images[start:start + c, lo:hi, lo:hi], pixel_size,
-                              stack=True, float16=opts.float16)
-                    start += c
+                writer.submit(_write_stacks, [roots[geom.rows[k]] + suffix for k in sel], batch_counts, images,
+                              sizes.boundary, sizes.box - sizes.boundary, pixel_size, opts.float16)
             else:
                 if crop:   # RELION re-transforms the masked images (centred FFT: the (-1)^(x+y) is applied later)
                     data = scipy.fft.rfft2(images, norm="ortho", workers=threads)
@@ -401,6 +396,38 @@ def _extract_batches(opts, sizes, threads, tomo, geom, roots, selection, counts,
             n_images += int(batch_counts.sum())
             bar.advance(len(sel))
     return n_images
+
+
+class _OneBehindWriter:
+    """Writes the files of batch i on a background thread while batch i+1 is computed; at most one batch
+    waits, so memory stays bounded. Errors of the writer are re-raised in the main thread."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relion_py_writer")
+        self.pending = None
+
+    def submit(self, fn, *args):
+        self.wait()
+        self.pending = self.pool.submit(fn, *args)
+
+    def wait(self):
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def close(self):
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _write_stacks(files, counts, images, lo, hi, pixel_size, float16):
+    """One ``<root>_stack2d.mrcs`` per particle: its visible tilts, cropped to [lo, hi)."""
+    start = 0
+    for path, c in zip(files, counts):
+        write_mrc(path, images[start:start + c, lo:hi, lo:hi], pixel_size, stack=True, float16=float16)
+        start += c
 
 
 class _Volume3D:
@@ -414,8 +441,7 @@ class _Volume3D:
         capacity = min(max_particles, len(geom.rows))
         self.workspaces = [InsertionWorkspace(capacity, sizes.crop) for _ in range(2)]
         self.n_batches = 0
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relion_py_writer")
-        self.pending = None
+        self.writer = _OneBehindWriter()
         self.pixel_size = pixel_size
         self.x_ranges = dose_x_ranges(dose_w, opts.cutoff_fract)
         self.rot = tomo.projections[:, :3, :3]
@@ -446,26 +472,15 @@ class _Volume3D:
             del spectra
         if self.sums is not None:
             self.sums.add(real, ctf_mult[:, :s3])
-        self.wait()
         if not self.opts.no_writing:
-            files = [roots[self.geom.rows[k]] for k in sel]
-            self.pending = self.writer.submit(self._write, files, real, ctf_mult)
+            self.writer.submit(self._write, [roots[self.geom.rows[k]] for k in sel], real, ctf_mult)
 
     def _write(self, files, real, ctf_mult):
         for j, root in enumerate(files):
             _write_volume_outputs(self.opts, root, real[j], ctf_mult[j], self.sizes.crop, self.pixel_size)
 
-    def wait(self):
-        """Wait for the files of the previous batch (re-raising any error of the writer)."""
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.result()
-
     def close(self):
-        try:
-            self.wait()
-        finally:
-            self.writer.shutdown(wait=True)
+        self.writer.close()
 
 
 class _Sums:
