@@ -489,3 +489,23 @@ def test_img_replaces_the_image_folder(tmp_path):
                  "--img", str(FIXTURES / "synthetic" / "spa2d")]) == 0
     ok, report = compare_with_relion(FIXTURES / "g2_reconstruct_spa2d" / "rec.mrc", out)
     assert ok, report
+
+
+def test_float16_pseudo_subtomograms_of_several_optics_groups(tmp_path):
+    """3-D pseudo-subtomograms written as float16 from a project with one optics group per tomogram (three
+    amplitude contrasts) average to the map of their float32 twins, up to half-precision rounding."""
+    from relion_py.cli.extract import main as extract
+
+    project = Path(__file__).parent / "data" / "projects" / "multi_tomo"
+    maps = {}
+    with working_directory(project):
+        for tag, extra in (("f32", []), ("f16", ["--float16"])):
+            out = tmp_path / tag
+            assert extract(["--t", "input/tomograms.star", "--p", "input/particles.star", "--o", f"{out}/",
+                            "--b", "32", "--crop", "24", "--j", "1", *extra]) == 0
+            assert main(["--i", f"{out}/particles.star", "--o", str(tmp_path / f"{tag}.mrc"), "--3d_rot",
+                         "--ctf"]) == 0
+            maps[tag] = read_mrc(tmp_path / f"{tag}.mrc")[0]
+    assert "opticsGroup3" in (tmp_path / "f16" / "particles.star").read_text()
+    corr = np.corrcoef(maps["f32"].ravel(), maps["f16"].ravel())[0, 1]
+    assert corr > 0.9999
