@@ -24,6 +24,24 @@ def count_particle_tilts(particles_star):
     return int(sum(str(v).count("1") for v in table["rlnTomoVisibleFrames"]))
 
 
+def figures_next_to_relion(root, case, threads, args, wall, rss, n):
+    """relion_py's figures, RELION's anchor for the case (measured at --j 2) and, if relion_tomo_subtomo is
+    on PATH, RELION run on the same data with the same arguments and threads."""
+    figures = dict(case=case, threads=threads, wall_s=wall, particle_tilts=n, particle_tilts_per_s=n / wall,
+                   peak_rss_mib=rss)
+    relion_wall, relion_rss = relion_anchor(case)
+    if threads == 2:
+        figures.update(relion_wall_s=relion_wall, relion_particle_tilts_per_s=n / relion_wall,
+                       speedup_vs_relion_anchor=relion_wall / wall, relion_peak_rss_mib=relion_rss)
+    if relion_binary("relion_tomo_subtomo"):
+        ref = root / f"relion_{case}_j{threads}"
+        shutil.rmtree(ref, ignore_errors=True)
+        rwall, _ = timed_run(["relion_tomo_subtomo", *args, "--o", f"{ref.name}/", "--j", str(threads)], cwd=root)
+        figures.update(relion_measured_wall_s=rwall, speedup_vs_relion_measured=rwall / wall)
+        shutil.rmtree(ref, ignore_errors=True)
+    return figures
+
+
 @pytest.mark.parametrize("threads", [2, 1])
 @pytest.mark.parametrize("case,args", [
     ("a_subtomo_stack2d", ["--b", "128", "--crop", "96"]),
@@ -40,19 +58,7 @@ def test_stack2d_throughput(benchmark, case, args, threads):
 
     wall, rss = benchmark.pedantic(run, rounds=1, iterations=1)
     n = count_particle_tilts(out / "particles.star")
-    figures = dict(case=case, threads=threads, wall_s=wall, particle_tilts=n, particle_tilts_per_s=n / wall,
-                   peak_rss_mib=rss)
-    relion_wall, relion_rss = relion_anchor(case)
-    if threads == 2:  # the anchors were measured with --j 2
-        figures.update(relion_wall_s=relion_wall, relion_particle_tilts_per_s=n / relion_wall,
-                       speedup_vs_relion_anchor=relion_wall / wall, relion_peak_rss_mib=relion_rss)
-    if relion_binary("relion_tomo_subtomo"):
-        ref = root / f"relion_{case}_j{threads}"
-        shutil.rmtree(ref, ignore_errors=True)
-        rwall, _ = timed_run(["relion_tomo_subtomo", *STACK2D_ARGS, *args, "--o", f"{ref.name}/", "--j", str(threads)],
-                             cwd=root)
-        figures.update(relion_measured_wall_s=rwall, speedup_vs_relion_measured=rwall / wall)
-        shutil.rmtree(ref, ignore_errors=True)
+    figures = figures_next_to_relion(root, case, threads, [*STACK2D_ARGS, *args], wall, rss, n)
     shutil.rmtree(out, ignore_errors=True)
     report(benchmark, **figures)
 
@@ -101,18 +107,7 @@ def test_subtomo_3d_throughput(benchmark, threads):
     try:
         wall, rss = benchmark.pedantic(run, rounds=1, iterations=1)
         n = count_3d_particle_tilts(root, out / "particles.star")
-        figures = dict(case=case, threads=threads, wall_s=wall, particle_tilts=n, particle_tilts_per_s=n / wall,
-                       peak_rss_mib=rss)
-        relion_wall, relion_rss = relion_anchor(case)
-        if threads == 2:  # the anchors were measured with --j 2
-            figures.update(relion_wall_s=relion_wall, relion_particle_tilts_per_s=n / relion_wall,
-                           speedup_vs_relion_anchor=relion_wall / wall, relion_peak_rss_mib=relion_rss)
-        if relion_binary("relion_tomo_subtomo"):
-            ref = root / f"relion_{case}_j{threads}"
-            shutil.rmtree(ref, ignore_errors=True)
-            rwall, _ = timed_run(["relion_tomo_subtomo", *args, "--o", f"{ref.name}/", "--j", str(threads)], cwd=root)
-            figures.update(relion_measured_wall_s=rwall, speedup_vs_relion_measured=rwall / wall)
-            shutil.rmtree(ref, ignore_errors=True)
+        figures = figures_next_to_relion(root, case, threads, args, wall, rss, n)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     report(benchmark, **figures)
