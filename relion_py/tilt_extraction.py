@@ -8,7 +8,6 @@ Shared by extraction (relion_tomo_subtomo) and reconstruction from tilt series
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 
 from .geometry import project, visible_frames
 from .kernels.extraction import crop_circle
@@ -60,6 +59,11 @@ class TiltItems:
     origins: np.ndarray     # (m, 2) int64 (x0, y0) of the unbinned square in the tilt image
     shifts: np.ndarray      # (m, 2) float64 binned-px shift t moving the particle to the box centre
 
+    def __getitem__(self, index):
+        """The items selected by a slice or an index array."""
+        return TiltItems(particle=self.particle[index], frame=self.frame[index], origins=self.origins[index],
+                         shifts=self.shifts[index])
+
 
 def tilt_items(geom, selection, square, binning, box):
     """Items of the particles ``selection`` (indices into ``geom``), visible frames only, particle-major.
@@ -74,18 +78,21 @@ def tilt_items(geom, selection, square, binning, box):
     return TiltItems(particle=particle, frame=sel_frame, origins=origins, shifts=shifts)
 
 
-def extract_spectra(images, items, square, circle_precrop, threads):
+def extract_spectra(images, items, fft, circle_precrop):
     """Cut the unbinned squares out of the tilt images (edge-clamped) and Fourier transform them.
 
-    Returns (m, s0, s0//2+1) complex64: ``rfft2`` with ortho normalisation of the squares as cut, NOT
-    ifftshift-ed (for even s0 that is a (-1)^(x+y) factor, applied by ``weight_spectra``).
-    ``circle_precrop`` applies RELION's --circle_precrop mask (radius s0/2, fall-off 5) first.
+    fft: the calling thread's :class:`~relion_py.fft.RealFFT2` of s0 x s0 squares (capacity >= len(items)).
+    Returns a view of its spectra, (m, s0, s0//2+1) complex64: ``rfft2`` with ortho normalisation of the
+    squares as cut, NOT ifftshift-ed (for even s0 that is a (-1)^(x+y) factor, applied by ``weight_spectra``).
+    ``circle_precrop`` applies RELION's circle mask (radius s0/2, fall-off 5) first (relion_tomo_subtomo's
+    --circle_precrop; relion_tomo_reconstruct_particle's cropCircle unless --no_circle_crop).
     """
-    windows = np.empty((len(items.frame), square, square), np.float32)
+    n = len(items.frame)
+    windows = fft.real[:n]
     images.read_windows(items.frame, items.origins, windows)
     if circle_precrop:
         crop_circle(windows, boundary=0)
-    return scipy.fft.rfft2(windows, norm="ortho", workers=threads)
+    return fft.forward(n)
 
 
 def defocus_per_item(tomogram, geom, items):

@@ -8,6 +8,7 @@ from mrcfile.dtypes import HEADER_DTYPE
 from ..errors import RelionPyError
 from ..kernels.statistics import running_moments
 from .atomic import atomic_output
+from .direct_write import write_arrays
 
 HEADER_BYTES = 1024
 # The modes RELION's readMRC accepts (101, SerialEM's 4-bit, is not supported here).
@@ -107,13 +108,10 @@ def write_mrc(path, data, pixel_size, *, stack=False, float16=False):
         data = data[np.newaxis]
     if data.ndim != 3:
         raise ValueError(f"write_mrc: expected a 2-D or 3-D array, got shape {data.shape}")
-    values = np.ascontiguousarray(data, dtype="<f4")
     header = _header(data.shape, 12 if float16 else 2, pixel_size, stack, _statistics(data))
-    payload = float32_to_relion_float16(values).astype("<f2", copy=False) if float16 else values
+    payload = float32_to_relion_float16(data).astype("<f2", copy=False) if float16 else data.astype("<f4", copy=False)
     with atomic_output(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(header)
-            fh.write(memoryview(payload).cast("B"))
+        write_arrays(tmp, header, payload)
 
 
 def _read_header(path):

@@ -1,12 +1,11 @@
 """Per-particle, per-tilt 2-D image processing of tomographic extraction: Fourier cropping, sub-pixel
 re-centring, CTF × dose premultiplication, aberration and whitening weights, circular masking.
 
-FFTs are done by the caller (numba has none); these kernels work on whole batches of tilt images
-("items": one visible frame of one particle), in parallel over items.
+FFTs are done by the caller (numba has none); these kernels work on stacks of tilt images ("items": one
+visible frame of one particle), serially: the callers run one particle per thread (``relion_py.parallel``).
 """
 import math
 
-import numba
 import numpy as np
 
 from ._jit import njit
@@ -14,7 +13,7 @@ from .ctf import CTF_MIN_ABS, astigmatism_form, ctf_constants
 from .fastmath import sin_vectorisable
 
 
-@njit(parallel=True)
+@njit
 def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf,
                     dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre, out, out_weights, x_ranges,
                     float32_c):
@@ -25,7 +24,18 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
     inv_as = 1.0 / (s * pixel_size)
     has_even, has_odd, has_noise = even_gamma.shape[0] > 0, odd_phase.shape[0] > 0, noise_w.shape[0] > 0
     has_ranges = do_ctf and x_ranges.shape[0] > 0
-    for i in numba.prange(n):
+    # per-row factors, each filled by its own branch-free (vectorisable) loop
+    ramp_c = np.empty(sh)
+    ramp_s = np.empty(sh)
+    env_x = np.empty(sh)
+    no_offset = np.zeros(sh)
+    c_row = np.empty(sh)
+    phase_re = np.empty(sh, np.float32)
+    phase_im = np.empty(sh, np.float32)
+    factor = np.empty(sh, np.float32)
+    weight = np.empty(sh, np.float32)
+    row = np.empty(sh, np.complex64)
+    for i in range(n):
         f = frames[i]
         g = groups[i]
         tx, ty = shifts[i, 0], shifts[i, 1]
@@ -35,11 +45,6 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
         scale = ctf_params[i, 5]
         # exp(2πi(a + b)) = exp(2πi a)·exp(2πi b) and exp(K4(X² + Y²)) = exp(K4 X²)·exp(K4 Y²), in double:
         # RELION's per-sample values up to double round-off, with one transcendental per sample (the sine)
-        ramp_c = np.empty(sh)
-        ramp_s = np.empty(sh)
-        env_x = np.empty(sh)
-        no_offset = np.zeros(sh)
-        c_row = np.empty(sh)
         for x in range(sh):
             phase = 2.0 * math.pi * (tx * x / s)
             ramp_c[x] = math.cos(phase)
@@ -60,8 +65,7 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
                     out[i, y, x] = 0
                     out_weights[i, y, x] = 0
             if do_ctf:
-                # CTF × dose per sample (``CTF::draw`` stores the CTF as float); a branch-free loop that LLVM
-                # vectorises thanks to sin_vectorisable
+                # CTF × dose per sample (``CTF::draw`` stores the CTF as float), thanks to sin_vectorisable
                 offset = even_gamma[g, y] if has_even else no_offset
                 for x in range(x_end):
                     fx = x * inv_as
@@ -71,42 +75,53 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
                     ctf = -sin_vectorisable(gamma) * (env_x[x] * env_y) * scale
                     ctf = (CTF_MIN_ABS if ctf >= 0.0 else -CTF_MIN_ABS) if abs(ctf) < CTF_MIN_ABS else ctf
                     c_row[x] = np.float64(np.float32(ctf)) * np.float64(dose_w[f, y, x])
-            parity = ysrc & 1
+            # the shift's phase factor exp(2πi t·k/s), rounded to complex float
             for x in range(x_end):
-                v = spectra[i, ysrc, x]
-                if (x + parity) & 1:                       # the source square was ifftshift-ed
-                    v = -v
-                if binning != 1.0:                         # one factor of bin, not bin² (QUIRK)
-                    v = v / bin_scale
-                v = v * np.complex64(complex(ramp_c[x] * cy - ramp_s[x] * sy, ramp_s[x] * cy + ramp_c[x] * sy))
+                phase_re[x] = np.float32(ramp_c[x] * cy - ramp_s[x] * sy)
+                phase_im[x] = np.float32(ramp_s[x] * cy + ramp_c[x] * sy)
+            # the real factor: float(sign·c) (data) and float(c²) or float(c)² (weight), times the signs
+            # (-1)^(x+y) of the source square that was not ifftshift-ed and, if decentring, of the output
+            parity = ysrc & 1
+            row_sign = 1 - 2 * ((parity + y) & 1)
+            for x in range(x_end):
+                flip = np.float32(row_sign if decentre else 1 - 2 * ((x + parity) & 1))
                 if do_ctf:
-                    c = c_row[x]
-                    if float32_c:                          # c = sign·ctf·dose and c² formed in float
-                        cf = np.float32(sign * c)
-                        v = v * cf
-                        w = cf * cf
-                    else:
-                        v = v * np.float32(sign * c)
-                        w = np.float32(c * c)
+                    cf = np.float32(sign * c_row[x])
+                    factor[x] = cf * flip
+                    weight[x] = cf * cf if float32_c else np.float32(c_row[x] * c_row[x])
                 else:
-                    v = v * np.float32(sign)
-                    w = np.float32(1.0)
-                if has_odd:
+                    factor[x] = np.float32(sign) * flip
+                    weight[x] = 1.0
+            for x in range(x_end):
+                row[x] = spectra[i, ysrc, x]
+            if binning != 1.0:                             # one factor of bin, not bin² (QUIRK)
+                for x in range(x_end):
+                    row[x] = row[x] / bin_scale
+            for x in range(x_end):
+                v = row[x]
+                re = v.real * phase_re[x] - v.imag * phase_im[x]
+                im = v.imag * phase_re[x] + v.real * phase_im[x]
+                row[x] = np.complex64(complex(re * factor[x], im * factor[x]))
+            if has_odd:                                    # × conj(P)
+                for x in range(x_end):
+                    v = row[x]
                     p = odd_phase[g, y, x]
-                    v = np.complex64(complex(v.real * p.real + v.imag * p.imag, v.imag * p.real - v.real * p.imag))
-                if has_noise:
-                    v = v * noise_w[f, y, x]
-                    w = w * noise_w[f, y, x]
-                if post_scale != 1.0:
-                    v = v / np.float32(post_scale)
-                if decentre and (x + y) & 1:
-                    v = -v
-                out[i, y, x] = v
-                out_weights[i, y, x] = w
+                    row[x] = np.complex64(complex(v.real * p.real + v.imag * p.imag, v.imag * p.real - v.real * p.imag))
+            if has_noise:
+                for x in range(x_end):
+                    row[x] = row[x] * noise_w[f, y, x]
+                    weight[x] = weight[x] * noise_w[f, y, x]
+            if post_scale != 1.0:
+                for x in range(x_end):
+                    row[x] = row[x] / np.float32(post_scale)
+            for x in range(x_end):
+                out[i, y, x] = row[x]
+                out_weights[i, y, x] = weight[x]
 
 
 def weight_spectra(spectra, size, binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf,
-                   dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre, x_ranges=None, float32_c=False):
+                   dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre, x_ranges=None, float32_c=False,
+                   out=None, out_weights=None):
     """From the spectra of the unbinned squares to the weighted, binned, re-centred 2-D spectra.
 
     Mirrors, per tilt image: ``Resampling::FourierCrop_fftwHalfStack`` (crop, /bin), ``shiftStack``
@@ -129,12 +144,15 @@ def weight_spectra(spectra, size, binning, shifts, frames, groups, ctf_params, c
                 weight are 0 for x >= L(y, f) (relion_tomo_reconstruct_particle); None: no masking
     float32_c:  form c = sign·CTF·dose and the weight c·c in float32, as relion_tomo_reconstruct_particle
                 does (default: c in double, weight float(c²), as relion_tomo_subtomo)
+    out, out_weights: optional arrays to write the results to (else allocated); must not overlap spectra
     Returns (data (n, s2D, s2D//2+1) complex64, weights (n, s2D, s2D//2+1) float32).
     """
     n = spectra.shape[0]
     sh = size // 2 + 1
-    out = np.empty((n, size, sh), np.complex64)
-    out_weights = np.empty((n, size, sh), np.float32)
+    out = np.empty((n, size, sh), np.complex64) if out is None else out
+    out_weights = np.empty((n, size, sh), np.float32) if out_weights is None else out_weights
+    if out.shape != (n, size, sh) or out_weights.shape != (n, size, sh):
+        raise ValueError(f"weight_spectra: output arrays must be {(n, size, sh)}")
     if n:
         _weight_spectra(spectra, float(binning), shifts, frames, groups, ctf_params, ctf_optics, float(pixel_size), float(sign),
                         bool(do_ctf), dose_w, even_gamma, odd_phase, noise_w, float(post_scale), bool(decentre),
@@ -172,10 +190,10 @@ def _circle_tables(h, w, boundary, falloff):
     return mask, outside, grid
 
 
-@njit(parallel=True)
+@njit
 def _crop_circle(images, mask, outside, grid, do_crop, grid_precorrect):
     n, h, w = images.shape
-    for i in numba.prange(n):
+    for i in range(n):
         if do_crop:
             total = 0.0
             count = 0

@@ -9,7 +9,6 @@ modulation of ``Centering::shiftInSitu`` (src/jaz/image/centering.h) and the FFT
 """
 import math
 
-import numba
 import numpy as np
 
 from ..errors import RelionPyError
@@ -27,14 +26,14 @@ def _splat(acc, p, zi, yi, xg, m, vr, vi, w):
     acc[p, zi, yi, xg, 3] = np.float32(np.float64(acc[p, zi, yi, xg, 3]) + m)
 
 
-@njit(parallel=True)
+@njit
 def _insert_slices_forward(spectra, weights, starts, counts, frames, axes, x_ranges, centred_source, acc):
     s2 = spectra.shape[1]
     s3 = acc.shape[1]
     sh3 = acc.shape[3]
     half2 = s2 // 2
     half3 = s3 // 2
-    for p in numba.prange(starts.shape[0]):
+    for p in range(starts.shape[0]):
         for k in range(counts[p]):
             i = starts[p] + k
             f = frames[i]
@@ -88,10 +87,10 @@ def _insert_slices_forward(spectra, weights, starts, counts, frames, axes, x_ran
                                 _splat(acc, p, zi, yi, x0 + 1, m, vr, vi, w)
 
 
-@njit(parallel=True)
+@njit
 def _unpack(acc, scale, decentre, data, ctf_mult):
     n, s3, _, sh3, _ = acc.shape
-    for p in numba.prange(n):
+    for p in range(n):
         for z in range(s3):
             for y in range(s3):
                 for x in range(sh3):
@@ -111,7 +110,7 @@ def _unpack(acc, scale, decentre, data, ctf_mult):
 
 def insert_slices_forward(spectra, weights, starts, counts, frames, axes, x_ranges, size, centred_source=False,
                           decentre=False, scale=1.0, workspace=None):
-    """Insert every particle's 2-D slices into its own 3-D Fourier volumes (in parallel over particles).
+    """Insert every particle's 2-D slices into its own 3-D Fourier volumes.
 
     For particle p, items ``starts[p] .. starts[p] + counts[p] - 1`` (rows of ``spectra``) are inserted in
     that order: the sample at 2-D frequency (x, ky) goes to 3-D frequency x·u + ky·v (u, v = rows 0 and 1 of

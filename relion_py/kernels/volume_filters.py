@@ -10,7 +10,6 @@ FFTs are done by the callers.
 """
 import math
 
-import numba
 import numpy as np
 
 from ._jit import njit
@@ -18,10 +17,10 @@ from ._jit import njit
 PI = 3.14159265358979323846
 
 
-@njit(parallel=True)
+@njit
 def _cone_weight(spectra, ctf_mult, rotations, slope, sig0):
     n, s, _, sh = spectra.shape
-    for p in numba.prange(n):
+    for p in range(n):
         r = rotations[p]
         for z in range(s):
             zz = float(z) if z < s // 2 else float(z - s)

@@ -1,15 +1,14 @@
 """Reading square windows out of tilt images, with RELION's edge replication."""
-import numba
 import numpy as np
 
 from ._jit import njit
 
 
-@njit(parallel=True)
+@njit
 def _gather_clamped_windows(stack, slices, origins, out):
     height, width = stack.shape[1], stack.shape[2]
     size = out.shape[1]
-    for i in numba.prange(slices.shape[0]):
+    for i in range(slices.shape[0]):
         img = stack[slices[i]]
         x0, y0 = origins[i, 0], origins[i, 1]
         if x0 >= 0 and y0 >= 0 and x0 + size <= width and y0 + size <= height:

@@ -6,7 +6,7 @@ particles.star (``initialise``, ``writeParticleSet``), then per tomogram the per
 """
 import ctypes
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, fields
 
 import numba
@@ -16,6 +16,7 @@ import scipy.fft
 from ..aberrations import aberration_tables
 from ..dose import dose_weights, dose_x_ranges
 from ..errors import RelionPyError
+from ..fft import RealFFT2
 from ..geometry import matrix_to_euler
 from ..io.mrc import write_mrc
 from ..io.star import write_star
@@ -26,6 +27,7 @@ from ..kernels.volume_filters import cone_weight, divide_heuristic, divide_wiene
 from ..log import info, warn
 from ..noise import noise_weights
 from ..options import INPUT_GROUP, ProjectInputs, check_supported, option
+from ..parallel import OneBehindWriter, map_in_order
 from ..progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
@@ -39,12 +41,6 @@ SEL = "Particle and frame selection"
 OUT3D = "Extra 3-D outputs"
 RUN = "Running"
 NO_EFFECT = "accepted for compatibility: RELION parses it but it has no effect on extraction"
-
-# Largest batch array (bytes): below glibc's 32 MiB limit for serving allocations from the heap, so that
-# the arrays of one batch reuse the memory of the previous one instead of mapping (and zero-filling) fresh
-# pages for every batch. Memory therefore stays bounded whatever the number of particles.
-BATCH_ARRAY_BYTES = 24 * 2**20
-
 
 @dataclass
 class ExtractOptions(ProjectInputs):
@@ -153,7 +149,7 @@ def command_line(opts, prog="relion-py-extract"):
 
 def _reuse_freed_memory():
     """Ask glibc to serve allocations below 32 MiB from the heap and to keep freed heap memory: the arrays of
-    each batch then reuse the previous batch's pages instead of mapping and zero-filling new ones (which
+    each particle then reuse the previous particle's pages instead of mapping and zero-filling new ones (which
     otherwise costs about a fifth of the run time in the kernel). No effect without glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -313,174 +309,126 @@ def _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, traje
     return particles_star, opt_path
 
 
-def _batches(counts, max_items, max_particles):
-    """Split particles (with ``counts`` items each) into consecutive batches of at most ``max_items`` items
-    and ``max_particles`` particles (at least one particle each)."""
-    start, total = 0, 0
-    for k, c in enumerate(counts):
-        if k > start and (total + c > max_items or k - start >= max_particles):
-            yield start, k
-            start, total = k, 0
-        total += c
-    if start < len(counts):
-        yield start, len(counts)
-
-
 def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberrations, sums=None):
     """``processTomograms`` for one tomogram: returns the number of tilt images extracted."""
-    pixel_size = tomo.pixel_size * opts.bin         # nominal binned pixel size (CTF, dose, header)
-    do_ctf = not opts.no_ctf
-    # 3-D mode always needs the dose weights: they limit the inserted frequencies (xRanges), even with --no_ctf
-    dose_w = dose_weights(tomo.dose, sizes.box, pixel_size, tomo.bfactor_per_dose) if do_ctf or not opts.stack2d \
-        else np.zeros((0, 1, 1), np.float32)
-    even_gamma, odd_phase = aberrations
-    if not do_ctf:   # the even aberrations act through the CTF only
-        even_gamma = np.zeros((0, 1, 1))
-    noise_w = noise_weights(tomo.images, sizes.box, opts.bin, threads) if opts.whiten else np.zeros((0, 1, 1), np.float32)
-    optics = np.array([tomo.voltage, tomo.cs, tomo.q0])
-    groups_of_particle = particles.optics_index[geom.rows]
     suffix = "_stack2d.mrcs" if opts.stack2d else "_data.mrc"
     todo = np.array([not (opts.only_do_unfinished and os.path.exists(roots[r] + suffix)) for r in geom.rows], bool)
     selection = np.flatnonzero(todo)
     if opts.only_do_unfinished and len(selection) < len(geom.rows):
         info(f"{tomo.name}: skipping {len(geom.rows) - len(selection)} particles whose {suffix} file exists")
-    counts = geom.visible[selection].sum(axis=1)
-    per_item = max(4 * sizes.square ** 2, 8 * sizes.square * (sizes.square // 2 + 1), 4 * sizes.box ** 2)
-    max_items = max(1, BATCH_ARRAY_BYTES // per_item)
-    max_particles = len(selection) if opts.stack2d else max(2 * threads, BATCH_ARRAY_BYTES // (4 * sizes.crop ** 3))
     for folder in {os.path.dirname(roots[r]) for r in geom.rows}:
         os.makedirs(folder, exist_ok=True)
-    writer = _OneBehindWriter() if opts.stack2d else _Volume3D(opts, sizes, tomo, particles, geom, dose_w,
-                                                               pixel_size, threads, sums, max_particles)
-    crop = not opts.no_circle_crop or opts.grid_precorr
-    n_images = 0
+    job = _TomogramJob(opts, sizes, threads, tomo, particles, geom, selection, aberrations)
+    files = [roots[geom.rows[k]] for k in selection]
+    writer = OneBehindWriter()
     try:
-        n_images = _extract_batches(opts, sizes, threads, tomo, geom, roots, selection, counts, max_items, max_particles,
-                                    writer, crop, do_ctf, dose_w, even_gamma, odd_phase, noise_w, optics,
-                                    groups_of_particle, pixel_size, suffix)
+        with Progress(f"Extracting {tomo.name}", len(selection)) as bar:
+            for k, result in enumerate(map_in_order(job, len(selection), threads)):
+                if opts.stack2d:
+                    writer.submit(write_mrc, files[k] + suffix, result, job.pixel_size, stack=True,
+                                  float16=opts.float16)
+                else:
+                    if sums is not None:
+                        sums.add(*result)
+                    if not opts.no_writing:
+                        writer.submit(_write_volume_outputs, opts, files[k], *result, sizes.crop, job.pixel_size)
+                bar.advance(1)
     finally:
         writer.close()
-    return n_images
+    return int(job.bounds[-1])
 
 
-def _extract_batches(opts, sizes, threads, tomo, geom, roots, selection, counts, max_items, max_particles, writer, crop,
-                     do_ctf, dose_w, even_gamma, odd_phase, noise_w, optics, groups_of_particle, pixel_size, suffix):
-    """The batch loop of :func:`_extract_tomogram`: returns the number of tilt images extracted."""
-    n_images = 0
-    with Progress(f"Extracting {tomo.name}", len(selection)) as bar:
-        for a, b in _batches(counts, max_items, max_particles):
-            sel = selection[a:b]
-            items = tilt_items(geom, sel, sizes.square, opts.bin, sizes.box)
-            spectra = extract_spectra(tomo.images, items, sizes.square, opts.circle_precrop, threads)
-            # the 2-D images need a decentred inverse FFT (stack2d, crop); the 3-D insertion wants D itself
-            decentre = opts.stack2d or crop
-            data, weights = weight_spectra(
-                spectra, sizes.box, opts.bin, items.shifts, items.frame, groups_of_particle[items.particle],
-                defocus_per_item(tomo, geom, items), optics, pixel_size, 1.0 if opts.no_ic else -1.0, do_ctf,
-                dose_w, even_gamma, odd_phase, noise_w, opts.bin if opts.stack2d else 1.0, decentre)
-            del spectra
-            if decentre:
-                images = scipy.fft.irfft2(data, s=(sizes.box, sizes.box), norm="ortho", workers=threads)
-                del data
-                if crop:
-                    crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr)
-            batch_counts = counts[a:b]
+class _TomogramJob:
+    """What every particle of one tomogram shares (weights, geometry of all its tilt items); calling it with
+    k extracts the k-th particle of ``selection`` on the calling thread and returns its cropped 2-D stack
+    (``--stack2d``) or its (data, CTF² + multiplicity) volumes."""
+
+    def __init__(self, opts, sizes, threads, tomo, particles, geom, selection, aberrations):
+        self.opts, self.sizes, self.tomo = opts, sizes, tomo
+        self.pixel_size = tomo.pixel_size * opts.bin         # nominal binned pixel size (CTF, dose, header)
+        self.do_ctf = not opts.no_ctf
+        # 3-D mode always needs the dose weights: they limit the inserted frequencies (xRanges), even with --no_ctf
+        self.dose_w = (dose_weights(tomo.dose, sizes.box, self.pixel_size, tomo.bfactor_per_dose)
+                       if self.do_ctf or not opts.stack2d else np.zeros((0, 1, 1), np.float32))
+        self.even_gamma, self.odd_phase = aberrations
+        if not self.do_ctf:   # the even aberrations act through the CTF only
+            self.even_gamma = np.zeros((0, 1, 1))
+        self.noise_w = (noise_weights(tomo.images, sizes.box, opts.bin, threads) if opts.whiten
+                        else np.zeros((0, 1, 1), np.float32))
+        self.optics = np.array([tomo.voltage, tomo.cs, tomo.q0])
+        self.bounds = np.concatenate([[0], np.cumsum(geom.visible[selection].sum(axis=1))]).astype(np.int64)
+        self.items = tilt_items(geom, selection, sizes.square, opts.bin, sizes.box)
+        self.ctf_params = defocus_per_item(tomo, geom, self.items)
+        self.groups = particles.optics_index[geom.rows][self.items.particle]
+        self.crop = not opts.no_circle_crop or opts.grid_precorr
+        if not opts.stack2d:
+            self.x_ranges = dose_x_ranges(self.dose_w, opts.cutoff_fract)
+            a_sub = particles.subtomogram_matrices(geom.rows)
+            self.a_full = np.einsum("nij,njk->nik", a_sub, particles.particle_matrices(geom.rows))
+            # the frame of the pseudo-subtomograms: A_sub, or A_sub·A_part with --apply_orientations
+            self.frame = self.a_full if opts.apply_orientations else a_sub
+            nf = np.float32(sizes.box) / (np.float32(sizes.crop) * np.sqrt(np.float32(opts.bin)))
+            self.normfft = float(nf) if abs(float(nf) - 1.0) > 1e-4 else 1.0
+        self.local = threading.local()            # each worker's buffers
+
+    def __call__(self, k):
+        opts, sizes = self.opts, self.sizes
+        part = slice(self.bounds[k], self.bounds[k + 1])
+        items = self.items[part]
+        n = len(items.frame)
+        ws = self._workspace()
+        spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop)
+        # the 2-D images need a decentred inverse FFT (stack2d, crop); the 3-D insertion wants D itself
+        decentre = opts.stack2d or self.crop
+        data, weights = weight_spectra(
+            spectra, sizes.box, opts.bin, items.shifts, items.frame, self.groups[part], self.ctf_params[part],
+            self.optics, self.pixel_size, 1.0 if opts.no_ic else -1.0, self.do_ctf, self.dose_w, self.even_gamma,
+            self.odd_phase, self.noise_w, opts.bin if opts.stack2d else 1.0, decentre,
+            out=ws.box.spectra[:n], out_weights=ws.weights[:n])
+        if decentre:
+            images = ws.box.backward(n)
+            if self.crop:
+                crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr)
             if opts.stack2d:
-                writer.submit(_write_stacks, [roots[geom.rows[k]] + suffix for k in sel], batch_counts, images,
-                              sizes.boundary, sizes.box - sizes.boundary, pixel_size, opts.float16)
-            else:
-                if crop:   # RELION re-transforms the masked images (centred FFT: the (-1)^(x+y) is applied later)
-                    data = scipy.fft.rfft2(images, norm="ortho", workers=threads)
-                    del images
-                writer.process(sel, batch_counts, items, data, weights, centred_source=crop, roots=roots)
-            n_images += int(batch_counts.sum())
-            bar.advance(len(sel))
-    return n_images
+                lo, hi = sizes.boundary, sizes.box - sizes.boundary
+                return images[:, lo:hi, lo:hi].copy()
+            # RELION re-transforms the masked images (centred FFT: the (-1)^(x+y) is applied at insertion)
+            data = ws.box.forward(n)
+        return self._volume(k, items, data, weights, ws.insertion)
 
+    def _workspace(self):
+        """The calling worker's buffers (made on its first particle)."""
+        ws = getattr(self.local, "workspace", None)
+        if ws is None:
+            ws = self.local.workspace = _Workspace(self.tomo.n_frames, self.sizes, not self.opts.stack2d)
+        return ws
 
-class _OneBehindWriter:
-    """Writes the files of batch i on a background thread while batch i+1 is computed; at most one batch
-    waits, so memory stays bounded. Errors of the writer are re-raised in the main thread."""
-
-    def __init__(self):
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relion_py_writer")
-        self.pending = None
-
-    def submit(self, fn, *args):
-        self.wait()
-        self.pending = self.pool.submit(fn, *args)
-
-    def wait(self):
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.result()
-
-    def close(self):
-        try:
-            self.wait()
-        finally:
-            self.pool.shutdown(wait=True)
-
-
-def _write_stacks(files, counts, images, lo, hi, pixel_size, float16):
-    """One ``<root>_stack2d.mrcs`` per particle: its visible tilts, cropped to [lo, hi)."""
-    start = 0
-    for path, c in zip(files, counts):
-        write_mrc(path, images[start:start + c, lo:hi, lo:hi], pixel_size, stack=True, float16=float16)
-        start += c
-
-
-class _Volume3D:
-    """The 3-D half of ``processTomograms`` for one tomogram: forward insertion of each particle's weighted
-    2-D spectra, decentring, the s2D/(s3D·sqrt(bin)) scale, the inverse 3-D FFT, the optional cone weight,
-    and the output files."""
-
-    def __init__(self, opts, sizes, tomo, particles, geom, dose_w, pixel_size, threads, sums, max_particles):
-        self.opts, self.sizes, self.geom, self.threads, self.sums = opts, sizes, geom, threads, sums
-        # two workspaces: batch i is inserted while the files of batch i-1 (views into the other) are written
-        capacity = min(max_particles, len(geom.rows))
-        self.workspaces = [InsertionWorkspace(capacity, sizes.crop) for _ in range(2)]
-        self.n_batches = 0
-        self.writer = _OneBehindWriter()
-        self.pixel_size = pixel_size
-        self.x_ranges = dose_x_ranges(dose_w, opts.cutoff_fract)
-        self.rot = tomo.projections[:, :3, :3]
-        a_sub = particles.subtomogram_matrices(geom.rows)
-        a_full = np.einsum("nij,njk->nik", a_sub, particles.particle_matrices(geom.rows))
-        # the frame of the pseudo-subtomograms: A_sub, or A_sub·A_part with --apply_orientations
-        self.frame = a_full if opts.apply_orientations else a_sub
-        self.a_full = a_full
-        self.scale = sizes.crop / float(sizes.box)      # relative_box_scale
-        nf = np.float32(sizes.box) / (np.float32(sizes.crop) * np.sqrt(np.float32(opts.bin)))
-        self.normfft = float(nf) if abs(float(nf) - 1.0) > 1e-4 else 1.0
-
-    def process(self, sel, counts, items, data, weights, centred_source, roots):
+    def _volume(self, k, items, data, weights, workspace):
+        """Forward insertion, decentring, the s2D/(s3D·sqrt(bin)) scale, the inverse 3-D FFT and the optional
+        cone weight of particle k: returns (real-space data (s3, s3, s3), ctf_mult (2·s3, s3, s3//2+1))."""
         s3 = self.sizes.crop
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        axes = insertion_axes(self.rot[items.frame], self.frame[items.particle], self.scale)
-        volumes, ctf_mult = insert_slices_forward(data, weights, starts, counts, items.frame, axes, self.x_ranges,
-                                                  s3, centred_source=centred_source, decentre=True, scale=self.normfft,
-                                                  workspace=self.workspaces[self.n_batches % 2])
-        self.n_batches += 1
-        del data, weights
-        real = scipy.fft.irfftn(volumes, s=(s3, s3, s3), axes=(1, 2, 3), norm="ortho", workers=self.threads)
-        del volumes
+        axes = insertion_axes(self.tomo.projections[items.frame, :3, :3], self.frame[items.particle],
+                              s3 / float(self.sizes.box))
+        volumes, ctf_mult = insert_slices_forward(data, weights, np.zeros(1, np.int64), np.array([len(items.frame)]),
+                                                  items.frame, axes, self.x_ranges, s3, centred_source=self.crop,
+                                                  decentre=True, scale=self.normfft, workspace=workspace)
+        real = scipy.fft.irfftn(volumes[0], s=(s3, s3, s3), norm="ortho", workers=1)
         if self.opts.cone_weight:
-            spectra = scipy.fft.rfftn(real, axes=(1, 2, 3), norm="forward", workers=self.threads)
-            cone_weight(spectra, ctf_mult, self.a_full[sel], self.opts.cone_angle, self.opts.cone_sig0)
-            real = scipy.fft.irfftn(spectra, s=(s3, s3, s3), axes=(1, 2, 3), norm="forward", workers=self.threads)
-            del spectra
-        if self.sums is not None:
-            self.sums.add(real, ctf_mult[:, :s3])
-        if not self.opts.no_writing:
-            self.writer.submit(self._write, [roots[self.geom.rows[k]] for k in sel], real, ctf_mult)
+            spectra = scipy.fft.rfftn(real, norm="forward", workers=1)
+            cone_weight(spectra[None], ctf_mult, self.a_full[[items.particle[0]]], self.opts.cone_angle,
+                        self.opts.cone_sig0)
+            real = scipy.fft.irfftn(spectra, s=(s3, s3, s3), norm="forward", workers=1)
+        return real, ctf_mult[0].copy()       # the workspace is reused by this worker's next particle
 
-    def _write(self, files, real, ctf_mult):
-        for j, root in enumerate(files):
-            _write_volume_outputs(self.opts, root, real[j], ctf_mult[j], self.sizes.crop, self.pixel_size)
 
-    def close(self):
-        self.writer.close()
+class _Workspace:
+    """One worker's buffers for the (at most fc) tilt images of one particle."""
+
+    def __init__(self, frames, sizes, three_d):
+        self.square = RealFFT2(frames, sizes.square, sizes.square)     # unbinned squares → spectra
+        self.box = RealFFT2(frames, sizes.box, sizes.box)              # weighted spectra ↔ binned images
+        self.weights = np.empty((frames, sizes.box, sizes.box // 2 + 1), np.float32)
+        self.insertion = InsertionWorkspace(1, sizes.crop) if three_d else None
 
 
 class _Sums:
@@ -492,10 +440,9 @@ class _Sums:
         self.data = np.zeros((size, size, size), np.float32)
         self.weights = np.zeros((size, size, size // 2 + 1), np.float32)
 
-    def add(self, data, weights):
-        for d, w in zip(data, weights):
-            self.data += d
-            self.weights += w
+    def add(self, data, ctf_mult):
+        self.data += data
+        self.weights += ctf_mult[:len(data)]
 
     def write(self, opts, out_dir, pixel_size):
         write_mrc(out_dir + "sum_data.mrc", self.data, pixel_size)
