@@ -1,12 +1,13 @@
 """relion_py.io.mrc: RELION's MRC files re-written byte for byte, RELION's float16, reading and errors."""
 import json
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import relion_py.io.mrc as mrc
+from relion_py.io import direct_write
 from relion_py.errors import RelionPyError
 from relion_py.io.mrc import (float32_to_relion_float16, mmap_mrc, read_mrc, read_mrc_header_shape,
                               relion_float16_to_float32, write_mrc)
@@ -207,13 +208,33 @@ def test_bad_mrc_input_is_one_clear_error(tmp_path, case, reader):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_write_is_atomic(tmp_path, monkeypatch):
+@pytest.mark.parametrize("size", [2, 80])       # through the page cache / direct I/O
+def test_write_is_atomic(tmp_path, monkeypatch, size):
     target = tmp_path / "m.mrc"
     target.write_bytes(b"old")
+    real_pwrite = os.pwrite
 
     def fail(*args):
         raise OSError("disk full")
-    monkeypatch.setattr(mrc, "memoryview", fail, raising=False)  # fails after the header is written
+
+    def fail_after_first_write(fd, data, offset):
+        if offset > 0:
+            fail()
+        return real_pwrite(fd, data[:1024], offset)
+    monkeypatch.setattr(direct_write, "memoryview", fail, raising=False)  # buffered: fails after the header
+    monkeypatch.setattr(direct_write.os, "pwrite", fail_after_first_write)
     with pytest.raises(OSError):
-        write_mrc(target, np.zeros((2, 2, 2), np.float32), 1.0)
+        write_mrc(target, np.zeros((size, size, size), np.float32), 1.0)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["m.mrc"]
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (40, 41, 43), (64, 64, 64), (10, 96, 96)])
+def test_direct_and_buffered_writes_agree(tmp_path, monkeypatch, shape):
+    """Files written around the page cache (block-aligned part + buffered tail) equal buffered ones."""
+    data = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    write_mrc(tmp_path / "direct.mrc", data[:, ::-1], 2.0)              # a non-contiguous view, too
+    monkeypatch.setattr(direct_write, "_O_DIRECT", 0)
+    write_mrc(tmp_path / "buffered.mrc", data[:, ::-1], 2.0)
+    direct, buffered = (tmp_path / "direct.mrc").read_bytes(), (tmp_path / "buffered.mrc").read_bytes()
+    assert len(direct) == 1024 + data.nbytes
+    assert direct[:224] == buffered[:224] and direct[1024:] == buffered[1024:]   # the label holds a time

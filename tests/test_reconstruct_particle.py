@@ -223,7 +223,7 @@ def test_backward_insertion_matches_relion_loop(seed, block_bytes, monkeypatch):
     radii = np.array([6, 4, 0, 7])
     halves = np.array([0, 1, 1, 0])
     acc = np.zeros((2, 2, s, s, s // 2 + 1, 3))
-    insert_slices_backward(acc, g, v, slice_matrices(rot), radii, halves, np.array([0, 1, 4]), z_slabs=3)
+    insert_slices_backward(acc, g, v, slice_matrices(rot), radii, halves, np.array([0, 1, 4]))
     d_sum, w_sum = acc[..., 0].sum(axis=0) + 1j * acc[..., 1].sum(axis=0), acc[..., 2].sum(axis=0)
     ref_d, ref_w = np.zeros_like(d_sum), np.zeros_like(w_sum)
     for i in range(n):

@@ -21,7 +21,6 @@ difference is below 1e-7 relative).
 """
 import math
 
-import numba
 import numpy as np
 from llvmlite import ir
 from llvmlite.binding import llvm_version_info
@@ -213,8 +212,8 @@ def _insert_slice(g, v, g_off, s2, sh2, q, rmax, acc, s3, zlo, zhi, isqrt, hit_a
     _gather(n, hit_acc, hit_g0, hit_g1, hit_dx, hit_fx, hit_fy, hit_c, hit_cs, g, v, acc)
 
 
-@njit(parallel=True)
-def _insert_slices_backward(spectra, weights, q, radii, halves, starts, n_slabs, block, acc):
+@njit
+def _insert_slices_backward(spectra, weights, q, radii, halves, starts, block, acc):
     n_acc, n_half, s3 = acc.shape[0], acc.shape[1], acc.shape[2]
     m, s2, sh2 = spectra.shape
     half3 = s3 // 2
@@ -226,34 +225,31 @@ def _insert_slices_backward(spectra, weights, q, radii, halves, starts, n_slabs,
     isqrt = np.empty(r_top * r_top + 1, np.int64)          # trunc(sqrt(n)) for every n ≤ R²
     for k in range(isqrt.shape[0]):
         isqrt[k] = _isqrt(k)
-    for task in numba.prange(n_acc * n_slabs):
-        a = task // n_slabs
-        j = task % n_slabs
-        zlo = -half3 + (j * s3) // n_slabs
-        zhi = -half3 + ((j + 1) * s3) // n_slabs - 1
+    cap = max(HIT_BUFFER, s3 // 2 + 1)            # at least one row
+    hit_acc = np.empty(cap, np.int64)
+    hit_g0 = np.empty(cap, np.int64)
+    hit_g1 = np.empty(cap, np.int64)
+    hit_dx = np.empty(cap, np.int64)
+    hit_fx = np.empty(cap)
+    hit_fy = np.empty(cap)
+    hit_c = np.empty(cap)
+    hit_cs = np.empty(cap)
+    for a in range(n_acc):
         flat = acc[a].reshape(n_half, -1)
-        cap = max(HIT_BUFFER, s3 // 2 + 1)            # at least one row
-        hit_acc = np.empty(cap, np.int64)
-        hit_g0 = np.empty(cap, np.int64)
-        hit_g1 = np.empty(cap, np.int64)
-        hit_dx = np.empty(cap, np.int64)
-        hit_fx = np.empty(cap)
-        hit_fy = np.empty(cap)
-        hit_c = np.empty(cap)
-        hit_cs = np.empty(cap)
-        for zb in range(zlo, zhi + 1, block):       # cache blocking: a few z planes at a time
+        for zb in range(-half3, half3, block):       # cache blocking: a few z planes at a time
             for i in range(starts[a], starts[a + 1]):
                 _insert_slice(g, v, i * s2 * sh2, s2, sh2, q[i], radii[i], flat[halves[i]], s3, zb,
-                              min(zhi, zb + block - 1), isqrt, hit_acc, hit_g0, hit_g1, hit_dx, hit_fx,
+                              min(half3 - 1, zb + block - 1), isqrt, hit_acc, hit_g0, hit_g1, hit_dx, hit_fx,
                               hit_fy, hit_c, hit_cs)
 
 
-#: Bytes of accumulator planes kept hot while all slices of a batch pass over them.
+#: Bytes of accumulator planes kept hot while all slices of a call pass over them.
 BLOCK_BYTES = 1 << 20
 
 
-def insert_slices_backward(acc, spectra, spectra_weights, slice_q, radii, halves, starts, z_slabs=1):
-    """Backproject 2-D slices into private accumulators, adding in place.
+def insert_slices_backward(acc, spectra, spectra_weights, slice_q, radii, halves, starts):
+    """Backproject 2-D slices into private accumulators, adding in place (serially: callers give each
+    thread its own accumulators).
 
     acc:     (A, H, s, s, s//2+1, 3) float64 accumulators, [z, y, x, (Re D, Im D, W)]: A private copies,
              H half sets; D = Σ c·G(u, v), W = Σ c·V(u, v)
@@ -263,7 +259,6 @@ def insert_slices_backward(acc, spectra, spectra_weights, slice_q, radii, halves
     radii:   (m,) int64, 3-D radius limit R (px) of each slice (|k|² ≤ R²)
     halves:  (m,) int64 in [0, H), half set of each slice
     starts:  (A+1,) int64: slices starts[a]..starts[a+1]-1 go into accumulator a
-    z_slabs: each accumulator's volume is split into this many z ranges, one task each (no shared writes)
     """
     if acc.ndim != 6 or acc.shape[-1] != 3 or acc.dtype != np.float64 or not acc.flags.c_contiguous:
         raise ValueError("insert_slices_backward: acc must be a C-contiguous (A,H,s,s,sh,3) float64 array")
@@ -285,7 +280,7 @@ def insert_slices_backward(acc, spectra, spectra_weights, slice_q, radii, halves
                             np.ascontiguousarray(spectra_weights, np.float32),
                             np.ascontiguousarray(slice_q, np.float64), np.ascontiguousarray(radii, np.int64),
                             np.ascontiguousarray(halves, np.int64), np.ascontiguousarray(starts, np.int64),
-                            max(1, int(z_slabs)), block, acc)
+                            block, acc)
     return acc
 
 

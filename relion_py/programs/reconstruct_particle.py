@@ -12,37 +12,37 @@ finalised in float64 (``relion_py.kernels.map_finalisation``).
 """
 import glob
 import os
+import queue
+import threading
 from dataclasses import dataclass, fields
 
 import numba
 import numpy as np
-import scipy.fft
 
 from ..aberrations import aberration_tables
 from ..dose import dose_weights, dose_x_ranges
 from ..errors import RelionPyError
+from ..fft import RealFFT2
 from ..fourier import half_to_centred_full
 from ..io.mrc import read_mrc, write_mrc
 from ..kernels import map_finalisation as fin
-from ..kernels.extraction import crop_circle, weight_spectra
+from ..kernels.extraction import weight_spectra
 from ..kernels.insertion_backward import insert_slices_backward, slice_matrices
 from ..log import info, warn
 from ..noise import noise_weights
 from ..options import ProjectInputs, check_supported, option
+from ..parallel import map_in_order
 from ..progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
-from ..tilt_extraction import TiltItems, defocus_per_item, particle_geometry, tilt_items
+from ..tilt_extraction import defocus_per_item, extract_spectra, particle_geometry, tilt_items
 
 REC = "Reconstruction options"
 SYM = "Symmetry"
 RUN = "Running"
 
-# Working memory of one batch of tilt images (windows, their spectra, the weighted slices); larger batches
-# make the cache-blocked insertion sweep the accumulators less often.
-BATCH_BYTES = 128 * 2**20
 
 
 @dataclass
@@ -196,8 +196,8 @@ def reconstruct_particle(opts, command=None):
             geom = geoms.get(tomo.name)
             if geom is None:
                 continue
-            _backproject_tomogram(opts, square, threads, n_acc, tomo, tt, len(tomograms), particles, geom,
-                                  halves_of, pixel_size, aberrations, acc)
+            _backproject_tomogram(opts, square, threads, tomo, tt, len(tomograms), particles, geom, halves_of,
+                                  pixel_size, aberrations, acc)
             if not opts.no_backup:
                 _fold(acc)
                 _write_checkpoint(tmp_root, tt, acc[0])
@@ -253,21 +253,10 @@ def _symmetry_operators(opts, pixel_size):
     return tomo_symmetry_matrices(opts.sym, opts.nr_helical_asu, twist, rise / pixel_size)
 
 
-def _batches(counts, max_items):
-    """Consecutive particle ranges with at most ``max_items`` items (at least one particle each)."""
-    start, total = 0, 0
-    for k, c in enumerate(counts):
-        if total and total + c > max_items:
-            yield start, k
-            start, total = k, 0
-        total += c
-    if start < len(counts):
-        yield start, len(counts)
-
-
-def _backproject_tomogram(opts, square, threads, n_acc, tomo, tt, n_tomo, particles, geom, halves_of,
-                          pixel_size, aberrations, acc):
-    """``processTomograms`` for one tomogram: re-extract, weight and insert every visible tilt image."""
+def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, geom, halves_of, pixel_size,
+                          aberrations, acc):
+    """``processTomograms`` for one tomogram: re-extract, weight and insert every visible tilt image, one
+    particle per worker thread, each worker adding into an accumulator no other worker holds meanwhile."""
     s = opts.b
     binned_ps = tomo.pixel_size * opts.bin
     do_ctf = not opts.no_ctf
@@ -279,47 +268,53 @@ def _backproject_tomogram(opts, square, threads, n_acc, tomo, tt, n_tomo, partic
     if not do_ctf:
         even_gamma = np.zeros((0, 1, 1))
     optics = np.array([tomo.voltage, tomo.cs, tomo.q0])
-    groups_of_particle = particles.optics_index[geom.rows]
     halves = halves_of[geom.rows] if halves_of is not None else np.zeros(len(geom.rows), np.int64)
     pose = particles.subtomogram_matrices(geom.rows) @ particles.particle_matrices(geom.rows)
     proj = (pixel_size / binned_ps) * tomo.projections[:, :3, :3]
     selection = np.flatnonzero(geom.visible.any(axis=1))
-    counts = geom.visible[selection].sum(axis=1)
-    per_item = 4 * square * square + 8 * square * (square // 2 + 1) + 2 * 12 * s * (s // 2 + 1)
-    max_items = max(1, BATCH_BYTES // per_item)
-    info(f"Tomogram {tt + 1} / {n_tomo}: {tomo.name}, {len(selection)} particles, "
-         f"{int(counts.sum())} tilt images")
-    max_batch = min(int(counts.sum()), max(max_items, int(counts.max(initial=1))))
-    window_buffer = np.empty((max_batch, square, square), np.float32)     # reused: no page faults per batch
+    bounds = np.concatenate([[0], np.cumsum(geom.visible[selection].sum(axis=1))]).astype(np.int64)
+    items = tilt_items(geom, selection, square, opts.bin, s)
+    ctf_params = defocus_per_item(tomo, geom, items)
+    groups = particles.optics_index[geom.rows][items.particle]
+    q = slice_matrices(proj[items.frame] @ pose[items.particle])
+    info(f"Tomogram {tt + 1} / {n_tomo}: {tomo.name}, {len(selection)} particles, {int(bounds[-1])} tilt images")
+    free = queue.SimpleQueue()              # the accumulators no worker holds
+    for a in range(acc.shape[0]):
+        free.put(a)
+    local = threading.local()
+
+    def backproject(k):
+        part = slice(bounds[k], bounds[k + 1])
+        mine = items[part]
+        n = len(mine.frame)
+        ws = getattr(local, "workspace", None)
+        if ws is None:
+            ws = local.workspace = _Workspace(tomo.n_frames, square, s)
+        # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5) unless --no_circle_crop
+        spectra = extract_spectra(tomo.images, mine, ws.fft, not opts.no_circle_crop)
+        slices, slice_w = weight_spectra(
+            spectra, s, opts.bin, mine.shifts, mine.frame, groups[part], ctf_params[part], optics, binned_ps, -1.0,
+            do_ctf, dose_w, even_gamma, odd_phase, noise_w, 1.0, False, x_ranges=x_ranges, float32_c=True,
+            out=ws.slices[:n], out_weights=ws.weights[:n])
+        a = free.get()
+        try:
+            insert_slices_backward(acc[a:a + 1], slices, slice_w, q[part], x_ranges[mine.frame, 0],
+                                   halves[mine.particle], np.array([0, n]))
+        finally:
+            free.put(a)
+
     with Progress(f"Backprojecting {tomo.name}", len(selection)) as bar:
-        for a, b in _batches(counts, max_items):
-            sel = selection[a:b]
-            items = _by_half(tilt_items(geom, sel, square, opts.bin, s), halves)
-            m = len(items.frame)
-            windows = window_buffer[:m]
-            tomo.images.read_windows(items.frame, items.origins, windows)
-            if not opts.no_circle_crop:          # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5)
-                crop_circle(windows, 0)
-            spectra = scipy.fft.rfft2(windows, norm="ortho", workers=threads)
-            slices, slice_w = weight_spectra(
-                spectra, s, opts.bin, items.shifts, items.frame, groups_of_particle[items.particle],
-                defocus_per_item(tomo, geom, items), optics, binned_ps, -1.0, do_ctf, dose_w, even_gamma,
-                odd_phase, noise_w, 1.0, False, x_ranges=x_ranges, float32_c=True)
-            del spectra
-            q = slice_matrices(proj[items.frame] @ pose[items.particle])
-            starts = (np.arange(n_acc + 1) * m) // n_acc      # even split over the private accumulators
-            insert_slices_backward(acc, slices, slice_w, q, x_ranges[items.frame, 0], halves[items.particle],
-                                   starts, opts.j_in)
-            del slices, slice_w
-            bar.advance(len(sel))
+        for _ in map_in_order(backproject, len(selection), threads):
+            bar.advance(1)
 
 
-def _by_half(items, halves):
-    """The items reordered half set by half set (stable), so that each sweep of the cache-blocked insertion
-    touches one half's accumulator; this changes only the order of the double additions."""
-    order = np.argsort(halves[items.particle], kind="stable")
-    return TiltItems(particle=items.particle[order], frame=items.frame[order], origins=items.origins[order],
-                     shifts=items.shifts[order])
+class _Workspace:
+    """One worker's buffers for the (at most fc) tilt images of one particle."""
+
+    def __init__(self, frames, square, s):
+        self.fft = RealFFT2(frames, square, square)
+        self.slices = np.empty((frames, s, s // 2 + 1), np.complex64)
+        self.weights = np.empty((frames, s, s // 2 + 1), np.float32)
 
 
 def _fold(acc):
