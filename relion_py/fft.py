@@ -1,10 +1,14 @@
-"""Orthonormal real 2-D FFTs of tilt-image stacks through FFTW (pyFFTW), between fixed buffers.
+"""Orthonormal real FFTs of image stacks and volumes through FFTW (pyFFTW), between fixed buffers.
 
-The per-tilt FFTs are half the work of extraction and reconstruction; FFTW does them about twice as fast
-as scipy's pocketfft here. Plans are made with ``FFTW_ESTIMATE`` — instantly, and deterministically (the
-same algorithm, hence the same bits, on every run) — once per stack height and reused. Each
-:class:`RealFFT2` belongs to one thread (its buffers are overwritten by every call). Normalisation is
-scipy's ``norm="ortho"`` (1/sqrt(h·w) both ways), the convention of every 2-D FFT in this package.
+The per-tilt 2-D FFTs and the per-particle 3-D FFTs are a large part of extraction and reconstruction;
+FFTW does them about twice as fast as scipy's pocketfft here. Plans are made once per stack height and
+reused, with ``FFTW_ESTIMATE`` by default — instantly, and deterministically (the same algorithm, hence
+the same bits, on every run). ``measure=True`` uses ``FFTW_MEASURE`` instead, for the one volume shape of
+a run (96³: 0.2 s of planning, then 4 ms per transform instead of 8): FFTW then times candidate algorithms,
+so the last bits of the result may differ between runs (never within one: plans made later reuse the
+wisdom of the first). Each :class:`RealFFT` belongs to one thread (its buffers are overwritten by every
+call). Normalisation is scipy's ``norm="ortho"`` (1/sqrt(N) both ways), the convention of every FFT in
+this package.
 """
 import math
 
@@ -12,30 +16,38 @@ import numpy as np
 import pyfftw
 
 
-class RealFFT2:
-    """2-D real FFTs of the first n images of ``real`` (capacity, h, w) float32 to/from ``spectra``
-    (capacity, h, w//2+1) complex64, both allocated here, FFTW-aligned."""
+class RealFFT:
+    """Real FFTs over the last axes of the first n items of ``real`` (capacity, *shape) float32 to/from
+    ``spectra`` (capacity, *shape[:-1], shape[-1]//2+1) complex64, both allocated here, FFTW-aligned."""
 
-    def __init__(self, capacity, height, width):
-        self.real = pyfftw.empty_aligned((capacity, height, width), np.float32)
-        self.spectra = pyfftw.empty_aligned((capacity, height, width // 2 + 1), np.complex64)
-        self.norm = np.float32(1.0 / math.sqrt(height * width))
+    def __init__(self, capacity, shape, measure=False):
+        shape = tuple(int(v) for v in shape)
+        self.real = pyfftw.empty_aligned((capacity,) + shape, np.float32)
+        self.spectra = pyfftw.empty_aligned((capacity,) + shape[:-1] + (shape[-1] // 2 + 1,), np.complex64)
+        self.axes = tuple(range(1, len(shape) + 1))
+        self.norm = np.float32(1.0 / math.sqrt(math.prod(shape)))
+        self._flags = ("FFTW_MEASURE",) if measure else ("FFTW_ESTIMATE",)
         self._plans = {}
 
     def _plan(self, n, direction):
         plan = self._plans.get((n, direction))
         if plan is None:
             if direction == "FFTW_FORWARD":
-                plan = pyfftw.FFTW(self.real[:n], self.spectra[:n], axes=(1, 2), direction=direction,
-                                   flags=("FFTW_ESTIMATE",), threads=1)
+                plan = pyfftw.FFTW(self.real[:n], self.spectra[:n], axes=self.axes, direction=direction,
+                                   flags=self._flags, threads=1)
             else:   # multi-dimensional c2r always overwrites its input
-                plan = pyfftw.FFTW(self.spectra[:n], self.real[:n], axes=(1, 2), direction=direction,
-                                   flags=("FFTW_ESTIMATE", "FFTW_DESTROY_INPUT"), threads=1)
+                plan = pyfftw.FFTW(self.spectra[:n], self.real[:n], axes=self.axes, direction=direction,
+                                   flags=self._flags + ("FFTW_DESTROY_INPUT",), threads=1)
             self._plans[(n, direction)] = plan
         return plan
 
+    def plan(self, n):
+        """Make the plans for n items now (planning overwrites the buffers)."""
+        self._plan(n, "FFTW_FORWARD")
+        self._plan(n, "FFTW_BACKWARD")
+
     def forward(self, n):
-        """``rfft2(real[:n], norm="ortho")`` into ``spectra[:n]``, which is returned."""
+        """``rfftn(real[:n], norm="ortho")`` over the item axes into ``spectra[:n]``, which is returned."""
         if n:
             self._plan(n, "FFTW_FORWARD").execute()
         out = self.spectra[:n]
@@ -43,7 +55,7 @@ class RealFFT2:
         return out
 
     def backward(self, n):
-        """``irfft2(spectra[:n], norm="ortho")`` into ``real[:n]`` (``spectra[:n]`` is destroyed), returned."""
+        """``irfftn(spectra[:n], norm="ortho")`` into ``real[:n]`` (``spectra[:n]`` is destroyed), returned."""
         if n:
             self._plan(n, "FFTW_BACKWARD").execute()
         out = self.real[:n]

@@ -81,7 +81,7 @@ def tilt_items(geom, selection, square, binning, box):
 def extract_spectra(images, items, fft, circle_precrop):
     """Cut the unbinned squares out of the tilt images (edge-clamped) and Fourier transform them.
 
-    fft: the calling thread's :class:`~relion_py.fft.RealFFT2` of s0 x s0 squares (capacity >= len(items)).
+    fft: the calling thread's :class:`~relion_py.fft.RealFFT` of s0 x s0 squares (capacity >= len(items)).
     Returns a view of its spectra, (m, s0, s0//2+1) complex64: ``rfft2`` with ortho normalisation of the
     squares as cut, NOT ifftshift-ed (for even s0 that is a (-1)^(x+y) factor, applied by ``weight_spectra``).
     ``circle_precrop`` applies RELION's circle mask (radius s0/2, fall-off 5) first (relion_tomo_subtomo's

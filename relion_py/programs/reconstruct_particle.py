@@ -22,7 +22,7 @@ import numpy as np
 from ..aberrations import aberration_tables
 from ..dose import dose_weights, dose_x_ranges
 from ..errors import RelionPyError
-from ..fft import RealFFT2
+from ..fft import RealFFT
 from ..fourier import half_to_centred_full
 from ..io.mrc import read_mrc, write_mrc
 from ..kernels import map_finalisation as fin
@@ -312,7 +312,7 @@ class _Workspace:
     """One worker's buffers for the (at most fc) tilt images of one particle."""
 
     def __init__(self, frames, square, s):
-        self.fft = RealFFT2(frames, square, square)
+        self.fft = RealFFT(frames, (square, square))
         self.slices = np.empty((frames, s, s // 2 + 1), np.complex64)
         self.weights = np.empty((frames, s, s // 2 + 1), np.float32)
 

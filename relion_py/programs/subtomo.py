@@ -16,7 +16,7 @@ import scipy.fft
 from ..aberrations import aberration_tables
 from ..dose import dose_weights, dose_x_ranges
 from ..errors import RelionPyError
-from ..fft import RealFFT2
+from ..fft import RealFFT
 from ..geometry import matrix_to_euler
 from ..io.mrc import write_mrc
 from ..io.star import write_star
@@ -369,6 +369,7 @@ class _TomogramJob:
             self.frame = self.a_full if opts.apply_orientations else a_sub
             nf = np.float32(sizes.box) / (np.float32(sizes.crop) * np.sqrt(np.float32(opts.bin)))
             self.normfft = float(nf) if abs(float(nf) - 1.0) > 1e-4 else 1.0
+            RealFFT(1, (sizes.crop,) * 3, measure=True).plan(1)    # measured once: every worker uses this plan
         self.local = threading.local()            # each worker's buffers
 
     def __call__(self, k):
@@ -394,7 +395,7 @@ class _TomogramJob:
                 return images[:, lo:hi, lo:hi].copy()
             # RELION re-transforms the masked images (centred FFT: the (-1)^(x+y) is applied at insertion)
             data = ws.box.forward(n)
-        return self._volume(k, items, data, weights, ws.insertion)
+        return self._volume(items, data, weights, ws)
 
     def _workspace(self):
         """The calling worker's buffers (made on its first particle)."""
@@ -403,32 +404,34 @@ class _TomogramJob:
             ws = self.local.workspace = _Workspace(self.tomo.n_frames, self.sizes, not self.opts.stack2d)
         return ws
 
-    def _volume(self, k, items, data, weights, workspace):
+    def _volume(self, items, data, weights, ws):
         """Forward insertion, decentring, the s2D/(s3D·sqrt(bin)) scale, the inverse 3-D FFT and the optional
-        cone weight of particle k: returns (real-space data (s3, s3, s3), ctf_mult (2·s3, s3, s3//2+1))."""
+        cone weight of one particle: returns (real-space data (s3, s3, s3), ctf_mult (2·s3, s3, s3//2+1))."""
         s3 = self.sizes.crop
         axes = insertion_axes(self.tomo.projections[items.frame, :3, :3], self.frame[items.particle],
                               s3 / float(self.sizes.box))
-        volumes, ctf_mult = insert_slices_forward(data, weights, np.zeros(1, np.int64), np.array([len(items.frame)]),
-                                                  items.frame, axes, self.x_ranges, s3, centred_source=self.crop,
-                                                  decentre=True, scale=self.normfft, workspace=workspace)
-        real = scipy.fft.irfftn(volumes[0], s=(s3, s3, s3), norm="ortho", workers=1)
+        _, ctf_mult = insert_slices_forward(data, weights, np.zeros(1, np.int64), np.array([len(items.frame)]),
+                                            items.frame, axes, self.x_ranges, s3, centred_source=self.crop,
+                                            decentre=True, scale=self.normfft, workspace=ws.insertion)
+        real = ws.volume.backward(1)              # the inserted data volume is the FFT's input buffer
         if self.opts.cone_weight:
-            spectra = scipy.fft.rfftn(real, norm="forward", workers=1)
-            cone_weight(spectra[None], ctf_mult, self.a_full[[items.particle[0]]], self.opts.cone_angle,
+            cone_weight(ws.volume.forward(1), ctf_mult, self.a_full[[items.particle[0]]], self.opts.cone_angle,
                         self.opts.cone_sig0)
-            real = scipy.fft.irfftn(spectra, s=(s3, s3, s3), norm="forward", workers=1)
-        return real, ctf_mult[0].copy()       # the workspace is reused by this worker's next particle
+            real = ws.volume.backward(1)
+        # copies: this worker's buffers are reused by its next particle while the writer holds these
+        return real[0].copy(), ctf_mult[0].copy()
 
 
 class _Workspace:
     """One worker's buffers for the (at most fc) tilt images of one particle."""
 
     def __init__(self, frames, sizes, three_d):
-        self.square = RealFFT2(frames, sizes.square, sizes.square)     # unbinned squares → spectra
-        self.box = RealFFT2(frames, sizes.box, sizes.box)              # weighted spectra ↔ binned images
+        self.square = RealFFT(frames, (sizes.square, sizes.square))     # unbinned squares → spectra
+        self.box = RealFFT(frames, (sizes.box, sizes.box))              # weighted spectra ↔ binned images
         self.weights = np.empty((frames, sizes.box, sizes.box // 2 + 1), np.float32)
-        self.insertion = InsertionWorkspace(1, sizes.crop) if three_d else None
+        if three_d:                                                    # one pseudo-subtomogram
+            self.volume = RealFFT(1, (sizes.crop,) * 3, measure=True)
+            self.insertion = InsertionWorkspace(1, sizes.crop, data=self.volume.spectra)
 
 
 class _Sums:
