@@ -34,17 +34,14 @@ def _insert_slices_forward(spectra, weights, starts, counts, frames, axes, x_ran
     half2 = s2 // 2
     half3 = s3 // 2
     for p in range(starts.shape[0]):
-        # row by row, all items of the row: a 2-D row lands near one 3-D y plane for every tilt (the tilt
-        # axis is close to y), so the voxels it touches stay in cache across the items. This orders the
-        # float32 sums differently from RELION's item-by-item loop (a last-bit difference)
-        for y in range(s2):
-            yy = float(y) if y < half2 else float(y - s2)
-            for k in range(counts[p]):
-                i = starts[p] + k
-                f = frames[i]
-                ux, uy, uz = axes[i, 0, 0], axes[i, 0, 1], axes[i, 0, 2]
-                vx, vy, vz = axes[i, 1, 0], axes[i, 1, 1], axes[i, 1, 2]
-                scale = math.sqrt(ux * ux + uy * uy + uz * uz) * math.sqrt(vx * vx + vy * vy + vz * vz)
+        for k in range(counts[p]):
+            i = starts[p] + k
+            f = frames[i]
+            ux, uy, uz = axes[i, 0, 0], axes[i, 0, 1], axes[i, 0, 2]
+            vx, vy, vz = axes[i, 1, 0], axes[i, 1, 1], axes[i, 1, 2]
+            scale = math.sqrt(ux * ux + uy * uy + uz * uz) * math.sqrt(vx * vx + vy * vy + vz * vz)
+            for y in range(s2):
+                yy = float(y) if y < half2 else float(y - s2)
                 x_start = 0 if y < half2 else 1      # x = 0 of the negative rows mirrors a positive one
                 for x in range(x_start, x_ranges[f, y]):
                     xx = float(x)
