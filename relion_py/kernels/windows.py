@@ -2,17 +2,42 @@
 import numpy as np
 
 from ._jit import njit
+from .prefetch import prefetch
+
+
+#: rows of a window prefetched ahead of the row being copied
+PREFETCH_ROWS = 16
+
+
+@njit(inline="always")
+def _row_start(slices, origins, i, y, height, width, size):
+    """Flat index of row y of window i, or -1 if the window is not wholly inside its image."""
+    x0, y0 = origins[i, 0], origins[i, 1]
+    if x0 >= 0 and y0 >= 0 and x0 + size <= width and y0 + size <= height:
+        return (slices[i] * height + y0 + y) * width + x0
+    return -1
 
 
 @njit
 def _gather_clamped_windows(stack, slices, origins, out):
-    height, width = stack.shape[1], stack.shape[2]
+    n, height, width = slices.shape[0], stack.shape[1], stack.shape[2]
     size = out.shape[1]
-    for i in range(slices.shape[0]):
+    flat = stack.reshape(-1)
+    for i in range(n):
         img = stack[slices[i]]
         x0, y0 = origins[i, 0], origins[i, 1]
         if x0 >= 0 and y0 >= 0 and x0 + size <= width and y0 + size <= height:
-            for y in range(size):                  # inside the image: plain row copies (vectorised)
+            # inside the image: plain row copies (vectorised). The rows lie a page apart in wide images, so
+            # each costs a TLB miss unless prefetched well ahead (into the next window near the end)
+            for y in range(size):
+                j, ya = i, y + PREFETCH_ROWS
+                if ya >= size:
+                    j, ya = i + 1, ya - size
+                if j < n and ya < size:
+                    ahead = _row_start(slices, origins, j, ya, height, width, size)
+                    if ahead >= 0:
+                        for x in range(0, size, 16):
+                            prefetch(flat, ahead + x)
                 out[i, y, :] = img[y0 + y, x0:x0 + size]
             continue
         for y in range(size):
