@@ -66,8 +66,10 @@ class ReconstructParticleOptions(ProjectInputs):
     helical_twist: float = option(0.0, "Helical twist (in degrees, + for right-handedness)", SYM)
     mem: int = option(-1, "Max. amount of memory (in GB) for the accumulators (--j_out will be reduced)", RUN)
     j: int = option(6, "Number of threads (symmetrisation, FFTs, 2-D image processing)", RUN)
-    j_in: int = option(3, "Inner threads: threads sharing one accumulator (split over z)", RUN)
-    j_out: int = option(2, "Outer threads: number of private accumulators", RUN)
+    j_in: int = option(3, "Inner threads (RELION: threads per particle); here the thread count is the larger of "
+                       "--j and --j_out x --j_in, and every thread processes whole particles", RUN)
+    j_out: int = option(2, "Outer threads: number of private accumulators (a thread adds each particle into one "
+                        "that no other thread holds meanwhile)", RUN)
     only_do_unfinished: bool = option(False, "Resume from the per-tomogram checkpoints in <o>/temp/", RUN)
     no_backup: bool = option(False, "Do not write per-tomogram checkpoints (makes --only_do_unfinished "
                              "impossible)", RUN)
