@@ -35,25 +35,30 @@ def map_in_order(fn, n_tasks, threads):
                 future.cancel()
 
 
-class OneBehindWriter:
-    """Runs the writes of result i on a background thread while later results are computed; at most one
-    write waits, so memory stays bounded. Errors of the writer are re-raised in the calling thread."""
+class BackgroundWriter:
+    """Runs output writes on background threads while later results are computed. Several writes are in
+    flight at once, because a direct (``O_DIRECT``) write waits for the disk: overlapping them keeps the disk
+    busy and the workers computing. At most ``max_pending`` writes wait, so memory stays bounded. Errors of
+    a write are re-raised in the calling thread."""
 
-    def __init__(self):
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relion_py_writer")
-        self.pending = None
+    def __init__(self, threads=4, max_pending=8):
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="relion_py_writer")
+        self.pending = deque()
+        self.max_pending = max_pending
 
     def submit(self, fn, *args, **kwargs):
-        self.wait()
-        self.pending = self.pool.submit(fn, *args, **kwargs)
+        while len(self.pending) >= self.max_pending:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(fn, *args, **kwargs))
 
     def wait(self):
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            pending.result()
+        while self.pending:
+            self.pending.popleft().result()
 
     def close(self):
         try:
             self.wait()
         finally:
+            for future in self.pending:
+                future.cancel()
             self.pool.shutdown(wait=True)

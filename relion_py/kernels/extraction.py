@@ -4,13 +4,14 @@ re-centring, CTF × dose premultiplication, aberration and whitening weights, ci
 FFTs are done by the caller (numba has none); these kernels work on stacks of tilt images ("items": one
 visible frame of one particle), serially: the callers run one particle per thread (``relion_py.parallel``).
 """
+import functools
 import math
 
 import numpy as np
 
 from ._jit import njit
 from .ctf import CTF_MIN_ABS, astigmatism_form, ctf_constants
-from .fastmath import sin_vectorisable
+from .fastmath import sin_vectorisable, sincos_vectorisable
 
 
 @njit
@@ -28,6 +29,9 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
     ramp_c = np.empty(sh)
     ramp_s = np.empty(sh)
     env_x = np.empty(sh)
+    row_c = np.empty(s)
+    row_s = np.empty(s)
+    env_row = np.empty(s)
     no_offset = np.zeros(sh)
     c_row = np.empty(sh)
     phase_re = np.empty(sh, np.float32)
@@ -46,18 +50,26 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
         # exp(2πi(a + b)) = exp(2πi a)·exp(2πi b) and exp(K4(X² + Y²)) = exp(K4 X²)·exp(K4 Y²), in double:
         # RELION's per-sample values up to double round-off, with one transcendental per sample (the sine)
         for x in range(sh):
-            phase = 2.0 * math.pi * (tx * x / s)
-            ramp_c[x] = math.cos(phase)
-            ramp_s[x] = math.sin(phase)
-            env_x[x] = math.exp(k4 * ((x * inv_as) * (x * inv_as)))
+            ramp_s[x], ramp_c[x] = sincos_vectorisable(2.0 * math.pi * (tx * x / s))
+        for y in range(s):
+            ky = y if y < s // 2 else y - s
+            row_s[y], row_c[y] = sincos_vectorisable(2.0 * math.pi * (ty * ky / s))
+        if k4 != 0.0:                                      # B-factor envelope (exp(0) = 1 without one)
+            for x in range(sh):
+                env_x[x] = math.exp(k4 * ((x * inv_as) * (x * inv_as)))
+            for y in range(s):
+                fy = (y if y < s // 2 else y - s) * inv_as
+                env_row[y] = math.exp(k4 * (fy * fy))
+        else:
+            env_x[:] = 1.0
+            env_row[:] = 1.0
         for y in range(s):
             ky = y if y < s // 2 else y - s
             ysrc = y if y < s // 2 else y - s + s0          # Fourier crop: keep the low frequencies
-            phase_y = 2.0 * math.pi * (ty * ky / s)
-            cy = math.cos(phase_y)
-            sy = math.sin(phase_y)
+            cy = row_c[y]
+            sy = row_s[y]
             fy = ky * inv_as
-            env_y = math.exp(k4 * (fy * fy))
+            env_y = env_row[y]
             x_end = sh
             if has_ranges:                                 # frequencies beyond the dose cut-off are zeroed
                 x_end = min(sh, x_ranges[f, y])
@@ -212,6 +224,16 @@ def _crop_circle(images, mask, outside, grid, do_crop, grid_precorrect):
                     images[i, y, x] = np.float32(images[i, y, x] * grid[y, x])
 
 
+@functools.lru_cache(maxsize=16)
+def circle_tables(h, w, boundary, falloff):
+    """The mask, outside flags and gridding pre-correction of an h x w image, the same for every image:
+    evaluated once per size (read-only)."""
+    tables = _circle_tables(h, w, boundary, falloff)
+    for t in tables:
+        t.flags.writeable = False
+    return tables
+
+
 def crop_circle(images, boundary, falloff=5.0, do_crop=True, grid_precorrect=False):
     """Circular soft mask, in place: radius w/2 - boundary, cosine fall-off of ``falloff`` px, after
     subtracting the mean of the pixels outside the radius; optionally the 2-D gridding pre-correction.
@@ -220,7 +242,6 @@ def crop_circle(images, boundary, falloff=5.0, do_crop=True, grid_precorrect=Fal
     (src/jaz/tomography/extraction.h). images: (n, h, w) float32, modified in place.
     """
     if images.shape[0]:
-        # the mask is the same for every image: evaluated once
-        mask, outside, grid = _circle_tables(images.shape[1], images.shape[2], float(boundary), float(falloff))
+        mask, outside, grid = circle_tables(images.shape[1], images.shape[2], float(boundary), float(falloff))
         _crop_circle(images, mask, outside, grid, bool(do_crop), bool(grid_precorrect))
     return images

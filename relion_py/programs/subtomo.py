@@ -27,7 +27,7 @@ from ..kernels.volume_filters import cone_weight, divide_heuristic, divide_wiene
 from ..log import info, warn
 from ..noise import noise_weights
 from ..options import INPUT_GROUP, ProjectInputs, check_supported, option
-from ..parallel import OneBehindWriter, map_in_order
+from ..parallel import BackgroundWriter, map_in_order
 from ..progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
@@ -320,7 +320,7 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberra
         os.makedirs(folder, exist_ok=True)
     job = _TomogramJob(opts, sizes, threads, tomo, particles, geom, selection, aberrations)
     files = [roots[geom.rows[k]] for k in selection]
-    writer = OneBehindWriter()
+    writer = BackgroundWriter()
     try:
         with Progress(f"Extracting {tomo.name}", len(selection)) as bar:
             for k, result in enumerate(map_in_order(job, len(selection), threads)):
