@@ -46,13 +46,35 @@ class RealFFT:
         self._plan(n, "FFTW_FORWARD")
         self._plan(n, "FFTW_BACKWARD")
 
-    def forward(self, n):
-        """``rfftn(real[:n], norm="ortho")`` over the item axes into ``spectra[:n]``, which is returned."""
-        if n:
-            self._plan(n, "FFTW_FORWARD").execute()
-        out = self.spectra[:n]
+    def forward(self, n, columns=None):
+        """``rfftn(real[:n], norm="ortho")`` over the item axes into ``spectra[:n]``, which is returned.
+
+        columns: only the first ``columns`` columns (last axis) of the 2-D spectra are wanted (Fourier
+        cropping keeps the low frequencies): the transform along the other axis is then done on those
+        columns only, and the returned view has them only.
+        """
+        width = self.spectra.shape[-1]
+        if columns is None or columns >= width or len(self.axes) != 2:
+            if n:
+                self._plan(n, "FFTW_FORWARD").execute()
+            out = self.spectra[:n]
+        else:
+            out = self.spectra[:n, :, :columns]
+            if n:
+                self._pruned_plans(n, columns)
+                for plan in self._plans[(n, columns)]:
+                    plan.execute()
         out *= self.norm
         return out
+
+    def _pruned_plans(self, n, columns):
+        """Rows (r2c along x), then only the wanted columns (c2c along y, in place)."""
+        if (n, columns) not in self._plans:
+            rows = pyfftw.FFTW(self.real[:n], self.spectra[:n], axes=(2,), direction="FFTW_FORWARD",
+                               flags=self._flags, threads=1)
+            part = self.spectra[:n, :, :columns]
+            cols = pyfftw.FFTW(part, part, axes=(1,), direction="FFTW_FORWARD", flags=self._flags, threads=1)
+            self._plans[(n, columns)] = (rows, cols)
 
     def backward(self, n):
         """``irfftn(spectra[:n], norm="ortho")`` into ``real[:n]`` (``spectra[:n]`` is destroyed), returned."""

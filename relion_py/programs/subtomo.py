@@ -378,7 +378,7 @@ class _TomogramJob:
         items = self.items[part]
         n = len(items.frame)
         ws = self._workspace()
-        spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop)
+        spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop, sizes.box // 2 + 1)
         # the 2-D images need a decentred inverse FFT (stack2d, crop); the 3-D insertion wants D itself
         decentre = opts.stack2d or self.crop
         data, weights = weight_spectra(
