@@ -78,7 +78,7 @@ def tilt_items(geom, selection, square, binning, box):
     return TiltItems(particle=particle, frame=sel_frame, origins=origins, shifts=shifts)
 
 
-def extract_spectra(images, items, fft, circle_precrop, columns=None):
+def extract_spectra(images, items, fft, circle_precrop):
     """Cut the unbinned squares out of the tilt images (edge-clamped) and Fourier transform them.
 
     fft: the calling thread's :class:`~relion_py.fft.RealFFT` of s0 x s0 squares (capacity >= len(items)).
@@ -86,15 +86,14 @@ def extract_spectra(images, items, fft, circle_precrop, columns=None):
     squares as cut, NOT ifftshift-ed (for even s0 that is a (-1)^(x+y) factor, applied by ``weight_spectra``).
     ``circle_precrop`` applies RELION's circle mask (radius s0/2, fall-off 5) first (relion_tomo_subtomo's
     --circle_precrop; relion_tomo_reconstruct_particle's cropCircle unless --no_circle_crop).
-    ``columns``: only that many low-frequency columns are needed (the binned box's s//2+1): the spectra
-    are computed and returned for those columns only.
+    If ``fft`` was made for fewer columns (binning: the binned box's s//2+1), only those are returned.
     """
     n = len(items.frame)
     windows = fft.real[:n]
     images.read_windows(items.frame, items.origins, windows)
     if circle_precrop:
         crop_circle(windows, boundary=0)
-    return fft.forward(n, columns)
+    return fft.forward(n)
 
 
 def defocus_per_item(tomogram, geom, items):

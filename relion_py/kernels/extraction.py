@@ -106,9 +106,11 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
                     weight[x] = 1.0
             for x in range(x_end):
                 row[x] = spectra[i, ysrc, x]
+            # divisions by a real, part by part (what Numba's complex division gives for an imaginary part
+            # of 0, without its branches)
             if binning != 1.0:                             # one factor of bin, not bin² (QUIRK)
                 for x in range(x_end):
-                    row[x] = row[x] / bin_scale
+                    row[x] = np.complex64(complex(row[x].real / bin_scale, row[x].imag / bin_scale))
             for x in range(x_end):
                 v = row[x]
                 re = v.real * phase_re[x] - v.imag * phase_im[x]
@@ -124,8 +126,9 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
                     row[x] = row[x] * noise_w[f, y, x]
                     weight[x] = weight[x] * noise_w[f, y, x]
             if post_scale != 1.0:
+                post = np.float32(post_scale)
                 for x in range(x_end):
-                    row[x] = row[x] / np.float32(post_scale)
+                    row[x] = np.complex64(complex(row[x].real / post, row[x].imag / post))
             for x in range(x_end):
                 out[i, y, x] = row[x]
                 out_weights[i, y, x] = weight[x]

@@ -293,7 +293,7 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
         if ws is None:
             ws = local.workspace = _Workspace(tomo.n_frames, square, s)
         # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5) unless --no_circle_crop
-        spectra = extract_spectra(tomo.images, mine, ws.fft, not opts.no_circle_crop, s // 2 + 1)
+        spectra = extract_spectra(tomo.images, mine, ws.fft, not opts.no_circle_crop)
         slices, slice_w = weight_spectra(
             spectra, s, opts.bin, mine.shifts, mine.frame, groups[part], ctf_params[part], optics, binned_ps, -1.0,
             do_ctf, dose_w, even_gamma, odd_phase, noise_w, 1.0, False, x_ranges=x_ranges, float32_c=True,
@@ -314,7 +314,7 @@ class _Workspace:
     """One worker's buffers for the (at most fc) tilt images of one particle."""
 
     def __init__(self, frames, square, s):
-        self.fft = RealFFT(frames, (square, square))
+        self.fft = RealFFT(frames, (square, square), columns=s // 2 + 1)
         self.slices = np.empty((frames, s, s // 2 + 1), np.complex64)
         self.weights = np.empty((frames, s, s // 2 + 1), np.float32)
 

@@ -369,7 +369,6 @@ class _TomogramJob:
             self.frame = self.a_full if opts.apply_orientations else a_sub
             nf = np.float32(sizes.box) / (np.float32(sizes.crop) * np.sqrt(np.float32(opts.bin)))
             self.normfft = float(nf) if abs(float(nf) - 1.0) > 1e-4 else 1.0
-            RealFFT(1, (sizes.crop,) * 3, measure=True).plan(1)    # measured once: every worker uses this plan
         self.local = threading.local()            # each worker's buffers
 
     def __call__(self, k):
@@ -378,7 +377,7 @@ class _TomogramJob:
         items = self.items[part]
         n = len(items.frame)
         ws = self._workspace()
-        spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop, sizes.box // 2 + 1)
+        spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop)
         # the 2-D images need a decentred inverse FFT (stack2d, crop); the 3-D insertion wants D itself
         decentre = opts.stack2d or self.crop
         data, weights = weight_spectra(
@@ -426,11 +425,12 @@ class _Workspace:
     """One worker's buffers for the (at most fc) tilt images of one particle."""
 
     def __init__(self, frames, sizes, three_d):
-        self.square = RealFFT(frames, (sizes.square, sizes.square))     # unbinned squares → spectra
+        # unbinned squares → their spectra, of which Fourier cropping keeps s2D//2+1 columns
+        self.square = RealFFT(frames, (sizes.square, sizes.square), columns=sizes.box // 2 + 1)
         self.box = RealFFT(frames, (sizes.box, sizes.box))              # weighted spectra ↔ binned images
         self.weights = np.empty((frames, sizes.box, sizes.box // 2 + 1), np.float32)
         if three_d:                                                    # one pseudo-subtomogram
-            self.volume = RealFFT(1, (sizes.crop,) * 3, measure=True)
+            self.volume = RealFFT(1, (sizes.crop,) * 3)
             self.insertion = InsertionWorkspace(1, sizes.crop, data=self.volume.spectra)
 
 
