@@ -44,7 +44,6 @@ SYM = "Symmetry"
 RUN = "Running"
 
 
-
 @dataclass
 class ReconstructParticleOptions(ProjectInputs):
     """Options of relion_tomo_reconstruct_particle (same names; booleans are its switches)."""

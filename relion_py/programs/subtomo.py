@@ -42,6 +42,7 @@ OUT3D = "Extra 3-D outputs"
 RUN = "Running"
 NO_EFFECT = "accepted for compatibility: RELION parses it but it has no effect on extraction"
 
+
 @dataclass
 class ExtractOptions(ProjectInputs):
     """Options of relion_tomo_subtomo (same names; booleans are its switches)."""
