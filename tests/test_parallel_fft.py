@@ -1,0 +1,86 @@
+"""The per-thread machinery: ordered parallel map, background writer, FFTW stacks, window gathering."""
+import random
+import time
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from relion_py.fft import RealFFT
+from relion_py.kernels.windows import gather_clamped_windows
+from relion_py.parallel import BackgroundWriter, map_in_order
+
+rng = np.random.default_rng(5)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_map_in_order_keeps_the_order(threads):
+    def slow_square(k):
+        time.sleep(random.random() * 0.003)
+        return k * k
+    assert list(map_in_order(slow_square, 40, threads)) == [k * k for k in range(40)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_map_in_order_reraises_and_stops(threads):
+    done = []
+
+    def task(k):
+        if k == 5:
+            raise ValueError("bad particle")
+        done.append(k)
+        return k
+    with pytest.raises(ValueError, match="bad particle"):
+        list(map_in_order(task, 1000, threads))
+    assert len(done) < 100          # the remaining tasks were not run
+
+
+def test_background_writer_reraises_errors():
+    writer = BackgroundWriter(max_pending=2)
+    written = []
+    writer.submit(written.append, 1)
+
+    def fail():
+        raise OSError("disk full")
+    writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    assert written == [1]
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (24, 40), (12, 12, 12)])
+def test_real_fft_matches_scipy(shape):
+    fft = RealFFT(5, shape)
+    x = rng.standard_normal((3,) + shape).astype(np.float32)
+    fft.real[:3] = x
+    axes = tuple(range(1, len(shape) + 1))
+    spectra = fft.forward(3)
+    expect = scipy.fft.rfftn(x.astype(np.float64), axes=axes, norm="ortho")
+    assert spectra.shape == expect.shape and spectra.dtype == np.complex64
+    assert np.abs(spectra - expect).max() < 1e-5 * np.abs(expect).max()
+    back = fft.backward(3)
+    np.testing.assert_allclose(back, x, atol=1e-5)
+
+
+def test_real_fft_with_kept_columns_only():
+    """Binning: only the low-frequency columns are transformed along y, and they are exact."""
+    fft = RealFFT(4, (32, 32), columns=9)
+    x = rng.standard_normal((2, 32, 32)).astype(np.float32)
+    fft.real[:2] = x
+    spectra = fft.forward(2)
+    expect = scipy.fft.rfft2(x.astype(np.float64), norm="ortho")[:, :, :9]
+    assert spectra.shape == (2, 32, 9)
+    assert np.abs(spectra - expect).max() < 1e-5 * np.abs(expect).max()
+
+
+def test_gather_inside_wide_images_matches_slicing():
+    """Windows inside the image take the row-copy path with prefetching (also across windows)."""
+    stack = rng.standard_normal((4, 70, 1100)).astype(np.float32)
+    n, size = 9, 24
+    slices = rng.integers(0, 4, n)
+    origins = np.stack([rng.integers(0, 1100 - size, n), rng.integers(0, 70 - size, n)], axis=1)
+    out = np.empty((n, size, size), np.float32)
+    gather_clamped_windows(stack, slices, origins, out)
+    for i in range(n):
+        x0, y0 = origins[i]
+        np.testing.assert_array_equal(out[i], stack[slices[i], y0:y0 + size, x0:x0 + size])
