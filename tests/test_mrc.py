@@ -238,3 +238,23 @@ def test_direct_and_buffered_writes_agree(tmp_path, monkeypatch, shape):
     direct, buffered = (tmp_path / "direct.mrc").read_bytes(), (tmp_path / "buffered.mrc").read_bytes()
     assert len(direct) == 1024 + data.nbytes
     assert direct[:224] == buffered[:224] and direct[1024:] == buffered[1024:]   # the label holds a time
+
+
+def test_direct_write_falls_back_when_writes_are_refused(tmp_path, monkeypatch):
+    """A file system that accepts O_DIRECT at open but refuses the writes (EINVAL) gets a normal write."""
+    import errno
+    real_pwrite = os.pwrite
+    calls = []
+
+    def refuse_direct(fd, data, offset):
+        if not calls:
+            calls.append(1)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+    monkeypatch.setattr(direct_write.os, "pwrite", refuse_direct)
+    monkeypatch.setattr(direct_write, "_direct_refused", set())
+    data = np.arange(80 ** 3, dtype=np.float32).reshape(80, 80, 80)
+    write_mrc(tmp_path / "m.mrc", data, 1.0)
+    back, _ = read_mrc(tmp_path / "m.mrc")
+    np.testing.assert_array_equal(back, data)
+    assert direct_write._direct_refused

@@ -57,16 +57,16 @@ def write_arrays(path, header, payload):
     direct = total - total % BLOCK
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o666)
+        try:
+            _write_all(fd, memoryview(buf[:direct]), 0)
+        finally:
+            os.close(fd)
     except OSError as e:
-        if e.errno != errno.EINVAL:
+        if e.errno != errno.EINVAL:        # refused at open, or (some file systems) at the first write
             raise
         _direct_refused.add(device)
         _write_buffered(path, header, payload)
         return
-    try:
-        _write_all(fd, memoryview(buf[:direct]), 0)
-    finally:
-        os.close(fd)
     if direct < total:
         fd = os.open(path, os.O_WRONLY)
         try:
