@@ -28,9 +28,10 @@ class RealFFT:
 
     columns: for 2-D items, only the first ``columns`` columns of the spectra are wanted by ``forward``
     (Fourier cropping keeps the low frequencies): the transform along y is then done on those only.
+    inverse: also plan :meth:`backward` (planning costs time; stacks that are only transformed forward skip it).
     """
 
-    def __init__(self, capacity, shape, columns=None):
+    def __init__(self, capacity, shape, columns=None, inverse=True):
         shape = tuple(int(v) for v in shape)
         self.real = pyfftw.empty_aligned((capacity,) + shape, np.float32)
         self.spectra = pyfftw.empty_aligned((capacity,) + shape[:-1] + (shape[-1] // 2 + 1,), np.complex64)
@@ -52,7 +53,7 @@ class RealFFT:
             # multi-dimensional c2r always overwrites its input
             self._backward = [pyfftw.FFTW(self.spectra[i], self.real[i], axes=axes, direction="FFTW_BACKWARD",
                                           flags=FLAGS + ("FFTW_DESTROY_INPUT",), threads=1)
-                              for i in range(capacity)]
+                              for i in range(capacity if inverse else 0)]
 
     def forward(self, n):
         """``rfftn(real[:n], norm="ortho")`` over the item axes into ``spectra[:n]``, which is returned

@@ -6,6 +6,7 @@ to finish. This scales because everything a particle needs runs without the GIL 
 compiled ``nogil`` and scipy's FFTs release it — so the kernels themselves are serial and the thread
 count is chosen here, once.
 """
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +34,20 @@ def map_in_order(fn, n_tasks, threads):
         finally:
             for future in pending:
                 future.cancel()
+
+
+class PerThread:
+    """One object per thread, made by ``factory()`` on the thread's first :meth:`get` (a worker's buffers)."""
+
+    def __init__(self, factory):
+        self._factory = factory
+        self._local = threading.local()
+
+    def get(self):
+        obj = getattr(self._local, "obj", None)
+        if obj is None:
+            obj = self._local.obj = self._factory()
+        return obj
 
 
 class BackgroundWriter:

@@ -78,6 +78,18 @@ def tilt_items(geom, selection, square, binning, box):
     return TiltItems(particle=particle, frame=sel_frame, origins=origins, shifts=shifts)
 
 
+def particle_tilt_items(tomogram, particles, geom, selection, square, binning, box):
+    """The items of the particles ``selection`` (indices into ``geom``) with what weighting needs per item.
+
+    Returns (bounds, items, ctf_params, groups): particle k's items are ``bounds[k]:bounds[k + 1]``
+    ((len(selection)+1,) int64), ``ctf_params`` as :func:`defocus_per_item`, ``groups`` (m,) the optics
+    group row of each item.
+    """
+    bounds = np.concatenate([[0], np.cumsum(geom.visible[selection].sum(axis=1))]).astype(np.int64)
+    items = tilt_items(geom, selection, square, binning, box)
+    return bounds, items, defocus_per_item(tomogram, geom, items), particles.optics_index[geom.rows][items.particle]
+
+
 def extract_spectra(images, items, fft, circle_precrop):
     """Cut the unbinned squares out of the tilt images (edge-clamped) and Fourier transform them.
 

@@ -13,7 +13,6 @@ finalised in float64 (``relion_py.kernels.map_finalisation``).
 import glob
 import os
 import queue
-import threading
 from dataclasses import dataclass, fields
 
 import numba
@@ -31,13 +30,13 @@ from ..kernels.insertion_backward import insert_slices_backward, slice_matrices
 from ..log import info, warn
 from ..noise import noise_weights
 from ..options import ProjectInputs, check_supported, option
-from ..parallel import map_in_order
+from ..parallel import PerThread, map_in_order
 from ..progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
-from ..tilt_extraction import defocus_per_item, extract_spectra, particle_geometry, tilt_items
+from ..tilt_extraction import extract_spectra, particle_geometry, particle_tilt_items
 
 REC = "Reconstruction options"
 SYM = "Symmetry"
@@ -273,24 +272,19 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
     pose = particles.subtomogram_matrices(geom.rows) @ particles.particle_matrices(geom.rows)
     proj = (pixel_size / binned_ps) * tomo.projections[:, :3, :3]
     selection = np.flatnonzero(geom.visible.any(axis=1))
-    bounds = np.concatenate([[0], np.cumsum(geom.visible[selection].sum(axis=1))]).astype(np.int64)
-    items = tilt_items(geom, selection, square, opts.bin, s)
-    ctf_params = defocus_per_item(tomo, geom, items)
-    groups = particles.optics_index[geom.rows][items.particle]
+    bounds, items, ctf_params, groups = particle_tilt_items(tomo, particles, geom, selection, square, opts.bin, s)
     q = slice_matrices(proj[items.frame] @ pose[items.particle])
     info(f"Tomogram {tt + 1} / {n_tomo}: {tomo.name}, {len(selection)} particles, {int(bounds[-1])} tilt images")
     free = queue.SimpleQueue()              # the accumulators no worker holds
     for a in range(acc.shape[0]):
         free.put(a)
-    local = threading.local()
+    workspaces = PerThread(lambda: _Workspace(tomo.n_frames, square, s))
 
     def backproject(k):
         part = slice(bounds[k], bounds[k + 1])
         mine = items[part]
         n = len(mine.frame)
-        ws = getattr(local, "workspace", None)
-        if ws is None:
-            ws = local.workspace = _Workspace(tomo.n_frames, square, s)
+        ws = workspaces.get()
         # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5) unless --no_circle_crop
         spectra = extract_spectra(tomo.images, mine, ws.fft, not opts.no_circle_crop)
         slices, slice_w = weight_spectra(
@@ -313,7 +307,7 @@ class _Workspace:
     """One worker's buffers for the (at most fc) tilt images of one particle."""
 
     def __init__(self, frames, square, s):
-        self.fft = RealFFT(frames, (square, square), columns=s // 2 + 1)
+        self.fft = RealFFT(frames, (square, square), columns=s // 2 + 1, inverse=False)
         self.slices = np.empty((frames, s, s // 2 + 1), np.complex64)
         self.weights = np.empty((frames, s, s // 2 + 1), np.float32)
 

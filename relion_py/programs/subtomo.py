@@ -6,7 +6,6 @@ particles.star (``initialise``, ``writeParticleSet``), then per tomogram the per
 """
 import ctypes
 import os
-import threading
 from dataclasses import dataclass, fields
 
 import numba
@@ -27,12 +26,12 @@ from ..kernels.volume_filters import cone_weight, divide_heuristic, divide_wiene
 from ..log import info, warn
 from ..noise import noise_weights
 from ..options import INPUT_GROUP, ProjectInputs, check_supported, option
-from ..parallel import BackgroundWriter, map_in_order
+from ..parallel import BackgroundWriter, PerThread, map_in_order
 from ..progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
-from ..tilt_extraction import defocus_per_item, extract_spectra, particle_geometry, tilt_items
+from ..tilt_extraction import extract_spectra, particle_geometry, particle_tilt_items
 
 IO = INPUT_GROUP
 BOX = "Box and binning"
@@ -357,10 +356,8 @@ class _TomogramJob:
         self.noise_w = (noise_weights(tomo.images, sizes.box, opts.bin, threads) if opts.whiten
                         else np.zeros((0, 1, 1), np.float32))
         self.optics = np.array([tomo.voltage, tomo.cs, tomo.q0])
-        self.bounds = np.concatenate([[0], np.cumsum(geom.visible[selection].sum(axis=1))]).astype(np.int64)
-        self.items = tilt_items(geom, selection, sizes.square, opts.bin, sizes.box)
-        self.ctf_params = defocus_per_item(tomo, geom, self.items)
-        self.groups = particles.optics_index[geom.rows][self.items.particle]
+        self.bounds, self.items, self.ctf_params, self.groups = particle_tilt_items(
+            tomo, particles, geom, selection, sizes.square, opts.bin, sizes.box)
         self.crop = not opts.no_circle_crop or opts.grid_precorr
         if not opts.stack2d:
             self.x_ranges = dose_x_ranges(self.dose_w, opts.cutoff_fract)
@@ -370,14 +367,14 @@ class _TomogramJob:
             self.frame = self.a_full if opts.apply_orientations else a_sub
             nf = np.float32(sizes.box) / (np.float32(sizes.crop) * np.sqrt(np.float32(opts.bin)))
             self.normfft = float(nf) if abs(float(nf) - 1.0) > 1e-4 else 1.0
-        self.local = threading.local()            # each worker's buffers
+        self.workspaces = PerThread(lambda: _Workspace(tomo.n_frames, sizes, not opts.stack2d))
 
     def __call__(self, k):
         opts, sizes = self.opts, self.sizes
         part = slice(self.bounds[k], self.bounds[k + 1])
         items = self.items[part]
         n = len(items.frame)
-        ws = self._workspace()
+        ws = self.workspaces.get()
         spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop)
         # the 2-D images need a decentred inverse FFT (stack2d, crop); the 3-D insertion wants D itself
         decentre = opts.stack2d or self.crop
@@ -396,13 +393,6 @@ class _TomogramJob:
             # RELION re-transforms the masked images (centred FFT: the (-1)^(x+y) is applied at insertion)
             data = ws.box.forward(n)
         return self._volume(items, data, weights, ws)
-
-    def _workspace(self):
-        """The calling worker's buffers (made on its first particle)."""
-        ws = getattr(self.local, "workspace", None)
-        if ws is None:
-            ws = self.local.workspace = _Workspace(self.tomo.n_frames, self.sizes, not self.opts.stack2d)
-        return ws
 
     def _volume(self, items, data, weights, ws):
         """Forward insertion, decentring, the s2D/(s3D·sqrt(bin)) scale, the inverse 3-D FFT and the optional
@@ -427,7 +417,7 @@ class _Workspace:
 
     def __init__(self, frames, sizes, three_d):
         # unbinned squares → their spectra, of which Fourier cropping keeps s2D//2+1 columns
-        self.square = RealFFT(frames, (sizes.square, sizes.square), columns=sizes.box // 2 + 1)
+        self.square = RealFFT(frames, (sizes.square, sizes.square), columns=sizes.box // 2 + 1, inverse=False)
         self.box = RealFFT(frames, (sizes.box, sizes.box))              # weighted spectra ↔ binned images
         self.weights = np.empty((frames, sizes.box, sizes.box // 2 + 1), np.float32)
         if three_d:                                                    # one pseudo-subtomogram
