@@ -6,7 +6,7 @@ cache every byte is first copied by the kernel, which on the virtual machines th
 straight from an aligned user buffer, so the writer thread mostly waits for the disk instead of
 competing with the workers for the CPU (measured: 2.1 GB in 0.5 s of CPU instead of 5.9 s).
 
-Files whose size is not a multiple of the block size get their last partial block written normally.
+The last block is padded and the file truncated back to its size.
 Where ``O_DIRECT`` is refused (tmpfs, some network file systems), files are written the usual way.
 """
 import errno
@@ -54,11 +54,15 @@ def write_arrays(path, header, payload):
     buf = _staging(total)
     buf[:len(header)] = np.frombuffer(header, np.uint8)
     np.copyto(buf[len(header):total].view(payload.dtype).reshape(payload.shape), payload)
-    direct = total - total % BLOCK
+    padded = -(-total // BLOCK) * BLOCK
+    buf[total:padded] = 0
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o666)
         try:
-            _write_all(fd, memoryview(buf[:direct]), 0)
+            # whole blocks (the last one padded), then the file is cut back to its true size
+            _write_all(fd, memoryview(buf[:padded]), 0)
+            if padded != total:
+                os.ftruncate(fd, total)
         finally:
             os.close(fd)
     except OSError as e:
@@ -66,13 +70,6 @@ def write_arrays(path, header, payload):
             raise
         _direct_refused.add(device)
         _write_buffered(path, header, payload)
-        return
-    if direct < total:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            _write_all(fd, memoryview(buf[direct:total]), direct)
-        finally:
-            os.close(fd)
 
 
 def _write_buffered(path, header, payload):
