@@ -4,7 +4,6 @@ Mirrors ``Tomogram::computeNoiseWeight`` (src/jaz/tomography/tomogram.cpp) with
 ``PowerSpectrum::periodogramAverage2D`` and ``RadialAvg::fftwHalf_2D_lin`` / ``toFftwHalf_2D_lin``.
 """
 import numpy as np
-import scipy.fft
 
 from .fourier import half_grid
 
@@ -29,6 +28,7 @@ def noise_weights(images, box, binning, threads=1):
     square tiles of side s0 = int(binning·box + 0.5) at a step of s0/2 that fit in the image.
     Returns (fc, box, box//2+1) float32.
     """
+    import scipy.fft   # only --whiten uses it: not imported at start-up (0.1 s)
     s0 = int(binning * box + 0.5)
     step = int(s0 / 2.0)
     width, height = images.image_size

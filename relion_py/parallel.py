@@ -51,15 +51,17 @@ class PerThread:
 
 
 class BackgroundWriter:
-    """Runs output writes on a background thread while later results are computed. Up to ``max_pending``
-    writes wait in its queue, so that a write held up by the disk does not stall the workers, and memory
-    stays bounded. One thread: concurrent direct writes measured slower (more kernel time) than queued ones.
+    """Runs output writes on background threads while later results are computed. Up to ``max_pending``
+    writes per thread wait in its queue, so that a write held up by the disk does not stall the workers,
+    and memory stays bounded. Two threads: creating a file and writing it directly both wait on the file
+    system and the disk, and two writes in flight hide that wait (2-D stacks of case c: 10.1 s instead of
+    11.1 s) without slowing large sequential writes (3-D case b: 47.3 s either way); four measured slower.
     Errors of a write are re-raised in the calling thread."""
 
-    def __init__(self, max_pending=4):
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relion_py_writer")
+    def __init__(self, threads=2, max_pending=4):
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="relion_py_writer")
         self.pending = deque()
-        self.max_pending = max_pending
+        self.max_pending = max_pending * threads
 
     def submit(self, fn, *args, **kwargs):
         while len(self.pending) >= self.max_pending:

@@ -10,7 +10,6 @@ from dataclasses import dataclass, fields
 
 import numba
 import numpy as np
-import scipy.fft
 
 from ..aberrations import aberration_tables
 from ..dose import dose_weights, dose_x_ranges
@@ -439,6 +438,7 @@ class _Sums:
         self.weights += ctf_mult[:len(data)]
 
     def write(self, opts, out_dir, pixel_size):
+        import scipy.fft   # only the 3-D extras use it: not imported at start-up (0.1 s)
         write_mrc(out_dir + "sum_data.mrc", self.data, pixel_size)
         write_mrc(out_dir + "sum_weight.mrc", half_to_centred_full(self.weights), pixel_size)
         spectrum = scipy.fft.rfftn(self.data, norm="ortho")
@@ -462,6 +462,7 @@ def insertion_axes(rotations, frames, scale):
 
 def _write_volume_outputs(opts, root, data, ctf_mult, s3, pixel_size):
     """``<root>_data.mrc``, ``_weights.mrc`` and the optional 3-D outputs of one particle."""
+    import scipy.fft   # only the 3-D extras use it: not imported at start-up (0.1 s)
     inv_px = 1.0 / pixel_size
     f16 = opts.float16
     write_mrc(root + "_data.mrc", data, pixel_size, float16=f16)
