@@ -9,79 +9,27 @@ reuse FFTW's wisdom — so planning costs a fraction of a second per run. FFTW t
 while measuring, so the last bits of a result may differ between runs (never within one: every plan of a
 shape follows the first one's wisdom).
 
-The plans are executed from compiled code (``fftwf_execute`` called by a Numba function, without the GIL):
-a particle's 41 tilts cost one call from Python instead of one per tilt and plan, which kept the worker
-threads queuing for the GIL. The FFTW library is the single-precision one that the ``pyfftw`` wheel ships
-(or the system's ``libfftw3f``); only its C interface is used.
+The plans are executed from compiled code (``relion_py.kernels.fftw``, without the GIL): a particle's 41
+tilts cost one call from Python instead of one per tilt and plan, which kept the worker threads queuing for
+the GIL, and kernels can run a whole tilt image through its FFTs while it is in the core's cache.
 
 Each :class:`RealFFT` belongs to one thread (its buffers are overwritten by every call). Normalisation is
 scipy's ``norm="ortho"`` (1/sqrt(N) both ways), the convention of every FFT in this package.
 """
 import ctypes
-import ctypes.util
-import glob
-import importlib.util
 import math
-import os
 import threading
 import weakref
 
-import llvmlite.binding
-import numba
 import numpy as np
-from numba import types
 
 from .errors import RelionPyError
+from .kernels.fftw import execute_items, library
 
 FFTW_MEASURE, FFTW_DESTROY_INPUT = 0, 1
 FFTW_FORWARD = -1
 ALIGNMENT = 64                   # bytes: every item of every buffer starts SIMD-aligned
 _planner = threading.Lock()      # FFTW's planner is not thread-safe (execution is)
-
-
-def _find_fftw():
-    """Path of single-precision FFTW: the copy bundled in the pyfftw wheel, else the system's."""
-    spec = importlib.util.find_spec("pyfftw")
-    if spec is not None and spec.submodule_search_locations:
-        package = spec.submodule_search_locations[0]
-        for pattern in ("../pyfftw.libs/libfftw3f-*.so*", ".dylibs/libfftw3f*.dylib", "libfftw3f*.dll"):
-            found = sorted(glob.glob(os.path.join(package, pattern)))
-            if found:
-                return os.path.normpath(found[0])
-    path = ctypes.util.find_library("fftw3f")
-    if path is None:
-        raise RelionPyError("single-precision FFTW (libfftw3f) was not found: install pyfftw (pip install pyfftw)")
-    return path
-
-
-def _load_fftw():
-    path = _find_fftw()
-    lib = ctypes.CDLL(path)
-    llvmlite.binding.load_library_permanently(path)     # lets compiled (and cached) code call it by name
-    n_ptr, ptr, c_int = ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int
-    many = [c_int, n_ptr, c_int, ptr, n_ptr, c_int, c_int, ptr, n_ptr, c_int, c_int]
-    for name, extra in (("fftwf_plan_many_dft_r2c", []), ("fftwf_plan_many_dft_c2r", []),
-                        ("fftwf_plan_many_dft", [c_int])):
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = many + extra + [ctypes.c_uint], ptr
-    lib.fftwf_destroy_plan.argtypes, lib.fftwf_destroy_plan.restype = [ptr], None
-    return lib
-
-
-_lib = _load_fftw()
-_execute = types.ExternalFunction("fftwf_execute", types.void(types.intp))
-
-
-@numba.njit(nogil=True, cache=True)
-def _execute_scaled(plans, n, flat, norm):
-    """Execute plans[i, :] (0: none) on item i, then scale that item's output ``flat[i]`` by norm, i < n."""
-    for i in range(n):
-        for j in range(plans.shape[1]):
-            if plans[i, j] != 0:
-                _execute(plans[i, j])
-        item = flat[i]
-        for x in range(item.size):
-            item[x] *= norm
 
 
 def aligned_empty(shape, dtype):
@@ -98,7 +46,7 @@ def _dims(values):
 
 def _plan_many(kind, n, howmany, src, src_embed, src_stride, src_dist, dst, dst_embed, dst_stride, dst_dist,
                flags, sign=None):
-    fn = getattr(_lib, "fftwf_plan_many_dft" + kind)
+    fn = getattr(library, "fftwf_plan_many_dft" + kind)
     extra = () if sign is None else (sign,)
     plan = fn(len(n), _dims(n), howmany, src.ctypes.data, _dims(src_embed), src_stride, src_dist,
               dst.ctypes.data, _dims(dst_embed), dst_stride, dst_dist, *extra, flags)
@@ -111,7 +59,7 @@ def _destroy(*tables):
     with _planner:
         for plan in np.concatenate([t.ravel() for t in tables]):
             if plan:
-                _lib.fftwf_destroy_plan(int(plan))
+                library.fftwf_destroy_plan(int(plan))
 
 
 class RealFFT:
@@ -129,7 +77,7 @@ class RealFFT:
         self.real = aligned_empty((capacity,) + shape, np.float32)
         self.spectra = aligned_empty((capacity,) + half, np.complex64)
         self._real_flat = self.real.reshape(capacity, -1)
-        self._spectra_flat = self.spectra.reshape(capacity, -1).view(np.float32)
+        self._spectra_flat = self.spectra.reshape(capacity, -1).view(np.float32)   # (re, im) pairs
         self.norm = np.float32(1.0 / math.sqrt(math.prod(shape)))
         width = half[-1]
         self.columns = columns if columns is not None and columns < width and len(shape) == 2 else None
@@ -152,13 +100,20 @@ class RealFFT:
                     self._backward[i, 0] = _plan_many("_c2r", shape, 1, spectra, half, 1, 0, real, shape, 1, 0,
                                                       FFTW_MEASURE | FFTW_DESTROY_INPUT)
 
+    def kernel_args(self):
+        """What compiled code needs to run these FFTs (``relion_py.kernels.fftw.execute_item``):
+        (real, spectra, real (capacity, -1), spectra as float32 (capacity, -1), forward plans (capacity, 2),
+        backward plans (capacity or 0, 1), norm)."""
+        return (self.real, self.spectra, self._real_flat, self._spectra_flat, self._forward, self._backward,
+                self.norm)
+
     def forward(self, n):
         """``rfftn(real[:n], norm="ortho")`` over the item axes into ``spectra[:n]``, which is returned
         (only its first ``columns`` columns if those were asked for)."""
-        _execute_scaled(self._forward, n, self._spectra_flat, self.norm)
+        execute_items(self._forward, n, self._spectra_flat, self.norm)
         return self.spectra[:n] if self.columns is None else self.spectra[:n, :, :self.columns]
 
     def backward(self, n):
         """``irfftn(spectra[:n], norm="ortho")`` into ``real[:n]`` (``spectra[:n]`` is destroyed), returned."""
-        _execute_scaled(self._backward, n, self._real_flat, self.norm)
+        execute_items(self._backward, n, self._real_flat, self.norm)
         return self.real[:n]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import project, visible_frames
-from .kernels.extraction import crop_circle
+from .kernels.extraction import crop_circle, stack2d_images
 
 
 def c_round(v):
@@ -106,6 +106,20 @@ def extract_spectra(images, items, fft, circle_precrop):
     if circle_precrop:
         crop_circle(windows, boundary=0)
     return fft.forward(n)
+
+
+def extract_stack2d(images, items, weighting, square, box, out, circle_precrop, boundary, do_crop, grid_precorrect):
+    """:func:`~relion_py.kernels.extraction.stack2d_images` for ``items`` of the tilt series ``images``:
+    compiled code cuts the windows itself where the pixels are one array (MRC stacks), else the reader
+    cuts them first (zarr, one file per tilt). square, box: the thread's :class:`~relion_py.fft.RealFFT`."""
+    n = len(items.frame)
+    pixels = images.pixel_stack(items.frame)
+    if pixels is None:
+        images.read_windows(items.frame, items.origins, square.real[:n])
+        pixels = square.real, np.zeros(n, np.int64)
+    return stack2d_images(pixels[0], pixels[1], items.origins, pixels[0] is square.real, weighting,
+                          square.kernel_args(), box.kernel_args(), out, circle_precrop, boundary, do_crop,
+                          grid_precorrect)
 
 
 def defocus_per_item(tomogram, geom, items):

@@ -32,6 +32,12 @@ class TiltImages(ABC):
         frames: (n,) int64; origins: (n, 2) int64; out: (n, size, size) float32, written in place.
         """
 
+    def pixel_stack(self, frames):
+        """(stack, slices) if the pixels of ``frames`` are one (n_slices, H, W) float32 array (in memory or
+        memory-mapped), frame ``frames[i]`` being ``stack[slices[i]]``, so that compiled code can cut the
+        windows itself; None otherwise (use :meth:`read_windows`)."""
+        return None
+
     def close(self):
         """Release files or connections."""
 
@@ -106,6 +112,12 @@ class MrcTiltImages(TiltImages):
                 part = np.empty((len(sel),) + out.shape[1:], np.float32)
                 gather_clamped_windows(stack, self._slice_of_frame[frames[sel]], origins[sel], part)
                 out[sel] = part
+
+    def pixel_stack(self, frames):
+        frames = np.asarray(frames, np.int64)
+        if len(self._maps) != 1:
+            return None
+        return next(iter(self._maps.values())), self._slice_of_frame[frames]
 
     def close(self):
         self._maps.clear()

@@ -1,8 +1,10 @@
 """Per-particle, per-tilt 2-D image processing of tomographic extraction: Fourier cropping, sub-pixel
 re-centring, CTF × dose premultiplication, aberration and whitening weights, circular masking.
 
-FFTs are done by the caller (numba has none); these kernels work on stacks of tilt images ("items": one
-visible frame of one particle), serially: the callers run one particle per thread (``relion_py.parallel``).
+These kernels work on stacks of tilt images ("items": one visible frame of one particle), serially: the
+callers run one particle per thread (``relion_py.parallel``). FFTs are FFTW plans made by the caller
+(``relion_py.fft.RealFFT``); :func:`stack2d_images` executes them itself, so that each tilt image goes
+from its window to its finished 2-D image while it is in the core's cache.
 """
 import functools
 import math
@@ -12,6 +14,8 @@ import numpy as np
 from ._jit import njit
 from .ctf import CTF_MIN_ABS, astigmatism_form, ctf_constants
 from .fastmath import sin_vectorisable, sincos_vectorisable
+from .fftw import execute_item
+from .windows import _gather_clamped_windows
 
 
 @njit
@@ -248,3 +252,61 @@ def crop_circle(images, boundary, falloff=5.0, do_crop=True, grid_precorrect=Fal
         mask, outside, grid = circle_tables(images.shape[1], images.shape[2], float(boundary), float(falloff))
         _crop_circle(images, mask, outside, grid, bool(do_crop), bool(grid_precorrect))
     return images
+
+
+@njit
+def _extract_stack2d(source, slices, origins, gathered, weighting, square, box, scratch_weights, precrop, crop,
+                     do_crop, grid_precorrect, out):
+    (binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf, dose_w, even_gamma,
+     odd_phase, noise_w, post_scale) = weighting
+    sq_real, sq_spectra, _, sq_flat, sq_forward, _, sq_norm = square
+    bx_real, bx_spectra, bx_flat, _, _, bx_backward, bx_norm = box
+    no_ranges = np.zeros((0, 0), np.int64)
+    columns = bx_spectra.shape[2]
+    lo = (bx_real.shape[1] - out.shape[1]) // 2
+    hi = lo + out.shape[1]
+    for i in range(frames.shape[0]):
+        slot = i if gathered else 0        # cut here: one slot, which stays in cache
+        if not gathered:
+            _gather_clamped_windows(source, slices[i:i + 1], origins[i:i + 1], sq_real)
+        if precrop[3]:
+            _crop_circle(sq_real[slot:slot + 1], precrop[0], precrop[1], precrop[2], True, False)
+        execute_item(sq_forward, slot, sq_flat, sq_norm)
+        _weight_spectra(sq_spectra[slot:slot + 1, :, :columns], binning, shifts[i:i + 1], frames[i:i + 1],
+                        groups[i:i + 1], ctf_params[i:i + 1], ctf_optics, pixel_size, sign, do_ctf, dose_w,
+                        even_gamma, odd_phase, noise_w, post_scale, True, bx_spectra[:1], scratch_weights, no_ranges,
+                        False)
+        execute_item(bx_backward, 0, bx_flat, bx_norm)
+        image = bx_real[:1]
+        if do_crop or grid_precorrect:
+            _crop_circle(image, crop[0], crop[1], crop[2], do_crop, grid_precorrect)
+        out[i] = image[0, lo:hi, lo:hi]
+
+
+
+def stack2d_images(source, slices, origins, gathered, weighting, square, box, out, circle_precrop, boundary,
+                   do_crop=True, grid_precorrect=False):
+    """The finished 2-D images of ``--stack2d`` for one particle's n tilt items, one tilt image at a time
+    (so that it stays in the core's cache): window → (circle pre-crop) → FFT → :func:`weight_spectra`
+    (decentred) → inverse FFT → :func:`crop_circle` → the central ``out`` square.
+
+    Mirrors, per tilt image, ``TomoExtraction::extractAt2D_Fourier`` and the 2-D branch of
+    ``SubtomoProgram::processTomograms`` (src/jaz/tomography/programs/subtomo.cpp).
+    source:    (n_slices, H, W) float32 tilt images; ``slices`` (n,) int64 and ``origins`` (n, 2) int64 place
+               each item's unbinned square as in :func:`~relion_py.kernels.windows.gather_clamped_windows`;
+               or, with ``gathered``, the squares are already in ``square``'s real buffer (source unused)
+    weighting: the arguments of :func:`weight_spectra` from ``binning`` to ``post_scale`` (a tuple; n items)
+    square:    ``RealFFT.kernel_args()`` of the s0 x s0 unbinned squares (forward; capacity >= n if gathered)
+    box:       ``RealFFT.kernel_args()`` of the binned s x s box (backward; capacity >= 1)
+    out:       (n, crop, crop) float32, written; boundary: (s - crop) / 2
+    """
+    s0, s = square[0].shape[1], box[0].shape[1]
+    if out.shape[1:] != (s - 2 * boundary,) * 2:
+        raise ValueError(f"stack2d_images: out must be (n, {s - 2 * boundary}, {s - 2 * boundary})")
+    if len(out):
+        precrop = circle_tables(s0, s0, 0.0, 5.0) + (bool(circle_precrop),)
+        weights = np.empty((1, s, s // 2 + 1), np.float32)
+        _extract_stack2d(source, np.ascontiguousarray(slices, np.int64), np.ascontiguousarray(origins, np.int64),
+                         bool(gathered), weighting, square, box, weights, precrop,
+                         circle_tables(s, s, float(boundary), 5.0), bool(do_crop), bool(grid_precorrect), out)
+    return out

@@ -30,7 +30,7 @@ from ..progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
-from ..tilt_extraction import extract_spectra, particle_geometry, particle_tilt_items
+from ..tilt_extraction import extract_spectra, extract_stack2d, particle_geometry, particle_tilt_items
 
 IO = INPUT_GROUP
 BOX = "Box and binning"
@@ -374,21 +374,22 @@ class _TomogramJob:
         items = self.items[part]
         n = len(items.frame)
         ws = self.workspaces.get()
+        # float64/bool arguments of weight_spectra after (spectra, size), up to post_scale: the 2-D stacks are
+        # divided by bin once more (stack2d's /bin)
+        weighting = (float(opts.bin), items.shifts, items.frame, self.groups[part], self.ctf_params[part],
+                     self.optics, float(self.pixel_size), 1.0 if opts.no_ic else -1.0, self.do_ctf, self.dose_w,
+                     self.even_gamma, self.odd_phase, self.noise_w, float(opts.bin) if opts.stack2d else 1.0)
+        if opts.stack2d:
+            return extract_stack2d(self.tomo.images, items, weighting, ws.square, ws.box,
+                                   np.empty((n, sizes.crop, sizes.crop), np.float32), opts.circle_precrop,
+                                   sizes.boundary, not opts.no_circle_crop, opts.grid_precorr)
         spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop)
-        # the 2-D images need a decentred inverse FFT (stack2d, crop); the 3-D insertion wants D itself
-        decentre = opts.stack2d or self.crop
-        data, weights = weight_spectra(
-            spectra, sizes.box, opts.bin, items.shifts, items.frame, self.groups[part], self.ctf_params[part],
-            self.optics, self.pixel_size, 1.0 if opts.no_ic else -1.0, self.do_ctf, self.dose_w, self.even_gamma,
-            self.odd_phase, self.noise_w, opts.bin if opts.stack2d else 1.0, decentre,
-            out=ws.box.spectra[:n], out_weights=ws.weights[:n])
-        if decentre:
+        # the masked images need a decentred inverse FFT; without a mask the insertion wants D itself
+        data, weights = weight_spectra(spectra, sizes.box, *weighting, self.crop, out=ws.box.spectra[:n],
+                                       out_weights=ws.weights[:n])
+        if self.crop:
             images = ws.box.backward(n)
-            if self.crop:
-                crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr)
-            if opts.stack2d:
-                lo, hi = sizes.boundary, sizes.box - sizes.boundary
-                return images[:, lo:hi, lo:hi].copy()
+            crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr)
             # RELION re-transforms the masked images (centred FFT: the (-1)^(x+y) is applied at insertion)
             data = ws.box.forward(n)
         return self._volume(items, data, weights, ws)
@@ -415,11 +416,13 @@ class _Workspace:
     """One worker's buffers for the (at most fc) tilt images of one particle."""
 
     def __init__(self, frames, sizes, three_d):
-        # unbinned squares → their spectra, of which Fourier cropping keeps s2D//2+1 columns
+        # unbinned squares → their spectra, of which Fourier cropping keeps s2D//2+1 columns (all frames: a
+        # reader that cannot hand over its pixels cuts all the windows first)
         self.square = RealFFT(frames, (sizes.square, sizes.square), columns=sizes.box // 2 + 1, inverse=False)
-        self.box = RealFFT(frames, (sizes.box, sizes.box))              # weighted spectra ↔ binned images
-        self.weights = np.empty((frames, sizes.box, sizes.box // 2 + 1), np.float32)
+        # weighted spectra ↔ binned images: the 2-D stacks finish one tilt image at a time
+        self.box = RealFFT(frames if three_d else 1, (sizes.box, sizes.box))
         if three_d:                                                    # one pseudo-subtomogram
+            self.weights = np.empty((frames, sizes.box, sizes.box // 2 + 1), np.float32)
             self.volume = RealFFT(1, (sizes.crop,) * 3)
             self.insertion = InsertionWorkspace(1, sizes.crop, data=self.volume.spectra)
 

@@ -1,0 +1,69 @@
+"""FFTW plans executed from compiled code: ``fftwf_execute`` called by Numba functions, without the GIL.
+
+Plans are made (and destroyed) by :class:`relion_py.fft.RealFFT` through FFTW's C interface; kernels
+receive them as integer handles. The library is the single-precision FFTW that the ``pyfftw`` wheel ships
+(or the system's ``libfftw3f``); only its C interface is used. It is loaded when this module is imported,
+so that compiled (and cached) code can call it by name.
+"""
+import ctypes
+import ctypes.util
+import glob
+import importlib.util
+import os
+
+import llvmlite.binding
+from numba import types
+
+from ..errors import RelionPyError
+from ._jit import njit
+
+
+def _find_fftw():
+    """Path of single-precision FFTW: the copy bundled in the pyfftw wheel, else the system's."""
+    spec = importlib.util.find_spec("pyfftw")
+    if spec is not None and spec.submodule_search_locations:
+        package = spec.submodule_search_locations[0]
+        for pattern in ("../pyfftw.libs/libfftw3f-*.so*", ".dylibs/libfftw3f*.dylib", "libfftw3f*.dll"):
+            found = sorted(glob.glob(os.path.join(package, pattern)))
+            if found:
+                return os.path.normpath(found[0])
+    path = ctypes.util.find_library("fftw3f")
+    if path is None:
+        raise RelionPyError("single-precision FFTW (libfftw3f) was not found: install pyfftw (pip install pyfftw)")
+    return path
+
+
+def _load_fftw():
+    path = _find_fftw()
+    lib = ctypes.CDLL(path)
+    llvmlite.binding.load_library_permanently(path)     # lets compiled (and cached) code call it by name
+    n_ptr, ptr, c_int = ctypes.POINTER(ctypes.c_int), ctypes.c_void_p, ctypes.c_int
+    many = [c_int, n_ptr, c_int, ptr, n_ptr, c_int, c_int, ptr, n_ptr, c_int, c_int]
+    for name, extra in (("fftwf_plan_many_dft_r2c", []), ("fftwf_plan_many_dft_c2r", []),
+                        ("fftwf_plan_many_dft", [c_int])):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = many + extra + [ctypes.c_uint], ptr
+    lib.fftwf_destroy_plan.argtypes, lib.fftwf_destroy_plan.restype = [ptr], None
+    return lib
+
+
+library = _load_fftw()
+execute = types.ExternalFunction("fftwf_execute", types.void(types.intp))
+
+
+@njit(inline="always")
+def execute_item(plans, i, flat, norm):
+    """Execute the plans ``plans[i, :]`` (0: none) of item i, then scale its output ``flat[i]`` by norm."""
+    for j in range(plans.shape[1]):
+        if plans[i, j] != 0:
+            execute(plans[i, j])
+    item = flat[i]
+    for x in range(item.size):
+        item[x] *= norm
+
+
+@njit
+def execute_items(plans, n, flat, norm):
+    """:func:`execute_item` for items 0..n-1."""
+    for i in range(n):
+        execute_item(plans, i, flat, norm)
