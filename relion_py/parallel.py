@@ -3,8 +3,8 @@
 Each worker thread carries one particle at a time from tilt-series pixels to its finished output (window,
 FFT, weighting, insertion): its arrays stay in the core's cache, and no thread waits for a whole batch
 to finish. This scales because everything a particle needs runs without the GIL — the Numba kernels are
-compiled ``nogil`` and scipy's FFTs release it — so the kernels themselves are serial and the thread
-count is chosen here, once.
+compiled ``nogil`` and execute the FFTW plans themselves — so the kernels are serial and the thread count is
+chosen here, once.
 """
 import threading
 from collections import deque

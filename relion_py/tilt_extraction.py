@@ -114,12 +114,12 @@ def extract_stack2d(images, items, weighting, square, box, out, circle_precrop, 
     cuts them first (zarr, one file per tilt). square, box: the thread's :class:`~relion_py.fft.RealFFT`."""
     n = len(items.frame)
     pixels = images.pixel_stack(items.frame)
-    if pixels is None:
+    gathered = pixels is None
+    if gathered:
         images.read_windows(items.frame, items.origins, square.real[:n])
-        pixels = square.real, np.zeros(n, np.int64)
-    return stack2d_images(pixels[0], pixels[1], items.origins, pixels[0] is square.real, weighting,
-                          square.kernel_args(), box.kernel_args(), out, circle_precrop, boundary, do_crop,
-                          grid_precorrect)
+        pixels = square.real, np.zeros(n, np.int64)       # unused: the windows are in place
+    return stack2d_images(*pixels, items.origins, gathered, weighting, square.kernel_args(), box.kernel_args(), out,
+                          circle_precrop, boundary, do_crop, grid_precorrect)
 
 
 def defocus_per_item(tomogram, geom, items):

@@ -255,8 +255,8 @@ def crop_circle(images, boundary, falloff=5.0, do_crop=True, grid_precorrect=Fal
 
 
 @njit
-def _extract_stack2d(source, slices, origins, gathered, weighting, square, box, scratch_weights, precrop, crop,
-                     do_crop, grid_precorrect, out):
+def _extract_stack2d(source, slices, origins, gathered, weighting, square, box, scratch_weights, circle_precrop,
+                     precrop, crop, do_crop, grid_precorrect, out):
     (binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf, dose_w, even_gamma,
      odd_phase, noise_w, post_scale) = weighting
     sq_real, sq_spectra, _, sq_flat, sq_forward, _, sq_norm = square
@@ -269,7 +269,7 @@ def _extract_stack2d(source, slices, origins, gathered, weighting, square, box, 
         slot = i if gathered else 0        # cut here: one slot, which stays in cache
         if not gathered:
             _gather_clamped_windows(source, slices[i:i + 1], origins[i:i + 1], sq_real)
-        if precrop[3]:
+        if circle_precrop:
             _crop_circle(sq_real[slot:slot + 1], precrop[0], precrop[1], precrop[2], True, False)
         execute_item(sq_forward, slot, sq_flat, sq_norm)
         _weight_spectra(sq_spectra[slot:slot + 1, :, :columns], binning, shifts[i:i + 1], frames[i:i + 1],
@@ -281,7 +281,6 @@ def _extract_stack2d(source, slices, origins, gathered, weighting, square, box, 
         if do_crop or grid_precorrect:
             _crop_circle(image, crop[0], crop[1], crop[2], do_crop, grid_precorrect)
         out[i] = image[0, lo:hi, lo:hi]
-
 
 
 def stack2d_images(source, slices, origins, gathered, weighting, square, box, out, circle_precrop, boundary,
@@ -304,9 +303,9 @@ def stack2d_images(source, slices, origins, gathered, weighting, square, box, ou
     if out.shape[1:] != (s - 2 * boundary,) * 2:
         raise ValueError(f"stack2d_images: out must be (n, {s - 2 * boundary}, {s - 2 * boundary})")
     if len(out):
-        precrop = circle_tables(s0, s0, 0.0, 5.0) + (bool(circle_precrop),)
         weights = np.empty((1, s, s // 2 + 1), np.float32)
         _extract_stack2d(source, np.ascontiguousarray(slices, np.int64), np.ascontiguousarray(origins, np.int64),
-                         bool(gathered), weighting, square, box, weights, precrop,
-                         circle_tables(s, s, float(boundary), 5.0), bool(do_crop), bool(grid_precorrect), out)
+                         bool(gathered), weighting, square, box, weights, bool(circle_precrop),
+                         circle_tables(s0, s0, 0.0, 5.0), circle_tables(s, s, float(boundary), 5.0), bool(do_crop),
+                         bool(grid_precorrect), out)
     return out
