@@ -71,6 +71,9 @@ def tilt_items(geom, selection, square, binning, box):
     Mirrors the offsets of ``extractSquares`` (o = round(c) - s0/2) and ``shiftStack`` (t = (c - o)/bin - s/2).
     """
     sel_particle, sel_frame = np.nonzero(geom.visible[selection])
+    # nonzero's index arrays are strided views: a contiguous copy keeps the kernels' array types (and so their
+    # compiled specialisations) the same for every particle, one visible tilt included
+    sel_frame = np.ascontiguousarray(sel_frame)
     particle = np.asarray(selection)[sel_particle]
     c = geom.centres[particle, sel_frame]
     origins = (c_round(c) - square // 2).astype(np.int64)
