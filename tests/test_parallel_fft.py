@@ -1,5 +1,8 @@
 """The per-thread machinery: ordered parallel map, background writer, FFTW stacks, window gathering."""
+import os
 import random
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -84,3 +87,38 @@ def test_gather_inside_wide_images_matches_slicing():
     for i in range(n):
         x0, y0 = origins[i]
         np.testing.assert_array_equal(out[i], stack[slices[i], y0:y0 + size, x0:x0 + size])
+
+
+_PLAN_AND_PRINT = """
+import sys
+import numpy as np
+import relion_py.fft as F
+if sys.argv[1] == "wisdom_only":          # FFTW_WISDOM_ONLY: plan from kept wisdom, or fail
+    F.FFTW_MEASURE |= 1 << 21
+fft = F.RealFFT(2, (48, 40), columns=9)
+fft.real[:] = np.random.default_rng(3).standard_normal(fft.real.shape)
+sys.stdout.write(fft.forward(2).tobytes().hex())
+"""
+
+
+def _plan_in_new_process(cache, mode="measure"):
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache))
+    return subprocess.run([sys.executable, "-c", _PLAN_AND_PRINT, mode], env=env, capture_output=True, text=True)
+
+
+def test_measured_plans_are_kept_between_runs(tmp_path):
+    """FFTW's wisdom is kept in the cache folder: a later run plans from it alone (so it uses the same
+    algorithms and repeats the numbers bit for bit); without it, planning from wisdom alone fails."""
+    assert _plan_in_new_process(tmp_path / "empty", "wisdom_only").returncode != 0
+    first = _plan_in_new_process(tmp_path / "cache")
+    assert first.returncode == 0, first.stderr
+    assert len(list((tmp_path / "cache" / "relion_py").glob("fftwf_wisdom-*"))) == 1
+    again = _plan_in_new_process(tmp_path / "cache", "wisdom_only")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout
+
+
+def test_an_unwritable_cache_only_means_measuring_again(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    run = _plan_in_new_process(tmp_path / "file")
+    assert run.returncode == 0 and run.stderr == "" and len(run.stdout) > 0

@@ -44,6 +44,10 @@ def _load_fftw():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = many + extra + [ctypes.c_uint], ptr
     lib.fftwf_destroy_plan.argtypes, lib.fftwf_destroy_plan.restype = [ptr], None
+    lib.fftwf_export_wisdom_to_string.argtypes, lib.fftwf_export_wisdom_to_string.restype = [], ptr
+    lib.fftwf_free.argtypes, lib.fftwf_free.restype = [ptr], None
+    lib.fftwf_import_wisdom_from_filename.argtypes = [ctypes.c_char_p]
+    lib.fftwf_import_wisdom_from_filename.restype = c_int
     return lib
 
 
