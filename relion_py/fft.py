@@ -18,6 +18,7 @@ Each :class:`RealFFT` belongs to one thread (its buffers are overwritten by ever
 scipy's ``norm="ortho"`` (1/sqrt(N) both ways), the convention of every FFT in this package.
 """
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -38,10 +39,12 @@ _planner = threading.Lock()      # FFTW's planner is not thread-safe (execution 
 _wisdom_saved = None             # the wisdom last read from or written to wisdom_path() (bytes)
 
 
+@functools.lru_cache(maxsize=None)
 def wisdom_path():
-    """The file that keeps FFTW's measured plans between runs: ``$XDG_CACHE_HOME/relion_py`` (default
-    ``~/.cache/relion_py``), named after the FFTW build and the processor, since measurements made on one
-    are no guide to another (a home folder shared by a cluster's different nodes)."""
+    """The file that keeps FFTW's measured plans between runs (looked up once per process):
+    ``$XDG_CACHE_HOME/relion_py`` (default ``~/.cache/relion_py``), named after the FFTW build and the
+    processor, since measurements made on one are no guide to another (a home folder shared by a cluster's
+    different nodes)."""
     cpu = platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -63,18 +66,23 @@ def _wisdom():
         library.fftwf_free(text)
 
 
-def _sync_wisdom():
-    """Read the kept wisdom (first call), or keep what planning added to it. Holding ``_planner``. A cache
-    folder that cannot be read or written only means measuring again: nothing is raised."""
+def _load_wisdom():
+    """Read the kept wisdom, once per process. Holding ``_planner``."""
     global _wisdom_saved
-    path = wisdom_path()
     if _wisdom_saved is None:
+        path = wisdom_path()
         if os.path.exists(path):
             library.fftwf_import_wisdom_from_filename(path.encode())
         _wisdom_saved = _wisdom()
-        return
+
+
+def _keep_wisdom():
+    """Write the wisdom back if planning added to it. Holding ``_planner``. A cache folder that cannot be
+    written only means measuring again next run: nothing is raised."""
+    global _wisdom_saved
     current = _wisdom()
     if current != _wisdom_saved:
+        path = wisdom_path()
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with atomic_output(path) as tmp, open(tmp, "wb") as fh:
@@ -137,7 +145,7 @@ class RealFFT:
         self._backward = np.zeros((capacity if inverse else 0, 1), np.intp)
         self._finalizer = weakref.finalize(self, _destroy, self._forward, self._backward)
         with _planner:
-            _sync_wisdom()
+            _load_wisdom()
             for i in range(capacity):
                 real, spectra = self.real[i], self.spectra[i]
                 if self.columns is None:
@@ -152,7 +160,7 @@ class RealFFT:
                 if inverse:   # multi-dimensional c2r always overwrites its input
                     self._backward[i, 0] = _plan_many("_c2r", shape, 1, spectra, half, 1, 0, real, shape, 1, 0,
                                                       FFTW_MEASURE | FFTW_DESTROY_INPUT)
-            _sync_wisdom()
+            _keep_wisdom()
 
     def kernel_args(self):
         """What compiled code needs to run these FFTs (``relion_py.kernels.fftw.execute_item``):
