@@ -69,7 +69,7 @@ def count_3d_particle_tilts(root, particles_star):
     import starfile
     from relion_py.project.particles import ParticleSet
     from relion_py.project.tomograms import TomogramSet
-    from relion_py.tilt_extraction import particle_geometry
+    from relion_py.tomography.particle_tilts import particle_geometry
     written = set(starfile.read(particles_star, always_dict=True)["particles"]["rlnTomoParticleName"].astype(str))
     cwd = os.getcwd()
     os.chdir(root)

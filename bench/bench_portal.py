@@ -2,7 +2,7 @@
 
     pytest bench/bench_portal.py --benchmark-enable -s
 
-Self-contained: relion_py.simulate makes one tilt series (1024² px, 41 tilts, 4 Å/px, 12 particles of
+Self-contained: relion_py.tools.simulate makes one tilt series (1024² px, 41 tilts, 4 Å/px, 12 particles of
 160 Å), written as a RELION project with an MRC stack and as a portal mirror served by
 tests/portal_server.py on 127.0.0.1 (in its own process, so that it does not compete with the extraction
 for the GIL). For the portal's chunking (1, 1024, 1024) and a finer one
@@ -33,7 +33,7 @@ SERVER = Path(__file__).parent.parent / "tests" / "portal_server.py"
 from relion_py.cli.extract import main as extract_main  # noqa: E402
 from relion_py.io import zarr_images  # noqa: E402
 from relion_py.portal import PortalOptions, make_portal_project  # noqa: E402
-from relion_py.simulate import (OBJECT_NAME, SimulationParams, simulate, write_portal,  # noqa: E402
+from relion_py.tools.simulate import (OBJECT_NAME, SimulationParams, simulate, write_portal,  # noqa: E402
                                 write_relion_project)
 
 PARAMS = SimulationParams(seed=11, n_particles=12, image_size="1024,1024", tomo_size="1024,1024,200",

@@ -26,7 +26,7 @@ def count_tilt_images(root):
     """Tilt images backprojected (visible frames, RELION's visibility rule with radius --b/2)."""
     from relion_py.project.particles import ParticleSet
     from relion_py.project.tomograms import TomogramSet
-    from relion_py.tilt_extraction import particle_geometry
+    from relion_py.tomography.particle_tilts import particle_geometry
     old = os.getcwd()
     os.chdir(root)
     try:

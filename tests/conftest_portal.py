@@ -1,6 +1,6 @@
 """Fixtures shared by the portal and OME-Zarr tests (imported by those test modules).
 
-``portal``: one simulated data set (relion_py.simulate, 2 tilt series) served by a loopback
+``portal``: one simulated data set (relion_py.tools.simulate, 2 tilt series) served by a loopback
 :class:`portal_server.PortalServer` as the CryoET Data Portal would serve it, plus the same data written as a
 RELION project with MRC stacks (the "local disk" reference). Built once per session; the server's request
 log and injected faults are cleared around every test. Nothing leaves 127.0.0.1.
@@ -13,7 +13,7 @@ import pytest
 from portal_server import PortalServer
 
 from relion_py.io import zarr_images
-from relion_py.simulate import SimulationParams, simulate, write_portal, write_relion_project
+from relion_py.tools.simulate import SimulationParams, simulate, write_portal, write_relion_project
 
 CHUNKS = (1, 32, 32)     # small chunks, so that particle windows touch a fraction of each tilt image
 PARAMS = dict(n_tomograms=2, seed=7, n_particles=6, image_size="384,352", tomo_size="384,352,60")

@@ -6,7 +6,7 @@ One stdlib ``ThreadingHTTPServer`` on 127.0.0.1 (a free port) that
 * answers the GraphQL POSTs of the real ``cryoet_data_portal`` client at ``/graphql``: the query is
   executed by graphql-core against the client's own copy of the portal schema
   (``cryoet_data_portal/data/schema.graphql``), over the rows of ``<root>/portal.json`` (written by
-  :func:`relion_py.simulate.write_portal`); ``where`` filters with the scalar comparators (_eq, _neq,
+  :func:`relion_py.tools.simulate.write_portal`); ``where`` filters with the scalar comparators (_eq, _neq,
   _in, _nin, _gt, _gte, _lt, _lte, _is_null, _like, _ilike) are evaluated here, anything else is a
   GraphQL error (so a query the test server cannot answer fails loudly instead of returning everything);
 * serves the files below ``<root>`` by GET (the portal's https URLs), and path-style S3 GetObject

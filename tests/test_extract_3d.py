@@ -10,13 +10,13 @@ import scipy.ndimage
 
 from conftest import FIXTURES, compare_with_relion, mirror_fixtures, working_directory
 from relion_py.cli.extract import main
-from relion_py.dose import dose_weights, dose_x_ranges
-from relion_py.fourier import half_to_centred_full
-from relion_py.geometry import euler_to_matrix
+from relion_py.tomography.dose import dose_weights, dose_x_ranges
+from relion_py.tomography.half_grid import half_to_centred_full
+from relion_py.tomography.geometry import euler_to_matrix
 from relion_py.io.mrc import float32_to_relion_float16, read_mrc
 from relion_py.io.star import read_star, write_star
-from relion_py.kernels.insertion import insert_slices_forward
-from relion_py.kernels.volume_filters import taper
+from relion_py.kernels.tomography.insertion_forward import insert_slices_forward
+from relion_py.kernels.tomography.volume_filters import taper
 from relion_py.programs.subtomo import insertion_axes
 from relion_py.project.particles import ParticleSet
 from relion_py.project.tomograms import TomogramSet

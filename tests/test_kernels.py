@@ -4,13 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from relion_py.dose import dose_weights, dose_x_ranges
-from relion_py.fourier import half_grid, signed_index
-from relion_py.geometry import euler_to_matrix, matrix_to_euler, tilt_projection_matrices
+from relion_py.tomography.dose import dose_weights, dose_x_ranges
+from relion_py.tomography.half_grid import half_grid, signed_index
+from relion_py.tomography.geometry import euler_to_matrix, matrix_to_euler, tilt_projection_matrices
 from relion_py.kernels.ctf import astigmatism_form, ctf_constants, ctf_value
-from relion_py.kernels.extraction import crop_circle, weight_spectra
-from relion_py.kernels.windows import gather_clamped_windows
-from relion_py.noise import radial_average
+from relion_py.kernels.tomography.extraction import crop_circle, weight_spectra
+from relion_py.kernels.tomography.windows import gather_clamped_windows
+from relion_py.tomography.noise import radial_average
 
 rng = np.random.default_rng(7)
 

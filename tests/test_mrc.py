@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from relion_py.io import direct_write
-from relion_py.errors import RelionPyError
+from relion_py.runtime.errors import RelionPyError
 from relion_py.io.mrc import (float32_to_relion_float16, mmap_mrc, read_mrc, read_mrc_header_shape,
                               relion_float16_to_float32, write_mrc)
 

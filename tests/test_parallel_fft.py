@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.fft
 
-from relion_py.fft import RealFFT
-from relion_py.kernels.windows import gather_clamped_windows
-from relion_py.parallel import BackgroundWriter, map_in_order
+from relion_py.runtime.fftw_plans import RealFFT
+from relion_py.kernels.tomography.windows import gather_clamped_windows
+from relion_py.runtime.parallel import BackgroundWriter, map_in_order
 
 rng = np.random.default_rng(5)
 
@@ -92,7 +92,7 @@ def test_gather_inside_wide_images_matches_slicing():
 _PLAN_AND_PRINT = """
 import sys
 import numpy as np
-import relion_py.fft as F
+import relion_py.runtime.fftw_plans as F
 if sys.argv[1] == "wisdom_only":          # FFTW_WISDOM_ONLY: plan from kept wisdom, or fail
     F.FFTW_MEASURE |= 1 << 21
 fft = F.RealFFT(2, (48, 40), columns=9)

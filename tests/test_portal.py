@@ -1,5 +1,5 @@
 """relion-py-portal against a loopback CryoET Data Portal: the real cryoet-data-portal client and
-relion_py's OME-Zarr reader talk to tests/portal_server.py, which serves data made by relion_py.simulate.
+relion_py's OME-Zarr reader talk to tests/portal_server.py, which serves data made by relion_py.tools.simulate.
 
 The simulator also writes the same data as a RELION project on local disk; the portal path must give the
 same STAR files and the same extraction output (compare.py), reading only the chunks under the particle
@@ -21,12 +21,12 @@ from scipy.spatial.transform import Rotation
 
 from relion_py.cli.extract import main as extract_main
 from relion_py.cli.portal import main as portal_main
-from relion_py.errors import RelionPyError
+from relion_py.runtime.errors import RelionPyError
 from relion_py.io import zarr_images
 from relion_py.io.star import read_star
 from relion_py.portal import PortalOptions, make_portal_project
 from relion_py.portal.mapping import read_points, tilt_axis_rotation
-from relion_py.simulate import OBJECT_NAME
+from relion_py.tools.simulate import OBJECT_NAME
 
 EXTRACT_2D = ["--b", "64", "--crop", "48", "--stack2d"]
 EXTRACT_3D = ["--b", "48", "--crop", "32"]

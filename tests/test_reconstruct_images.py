@@ -11,11 +11,11 @@ import scipy.ndimage
 import relion_compare
 from conftest import FIXTURES, compare_with_relion, mirror_fixtures, working_directory
 from relion_py.cli.reconstruct import choose_mode, main
-from relion_py.errors import RelionPyError
+from relion_py.runtime.errors import RelionPyError
 from relion_py.io.mrc import read_mrc, write_mrc
-from relion_py.kernels import backproject as bp
+from relion_py.kernels.classic import backproject as bp
 from relion_py.kernels.ctf import astigmatism_form, ctf_constants, ctf_value
-from relion_py.geometry import euler_to_matrix
+from relion_py.tomography.geometry import euler_to_matrix
 from relion_py.programs.reconstruct_images import Grid, ReconstructImagesOptions, reconstruct_images
 
 CASES = ["g1_reconstruct_3drot", "g2_reconstruct_spa2d", "j1_reconstruct_spa2d_c3",

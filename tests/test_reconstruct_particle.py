@@ -9,13 +9,13 @@ import pytest
 import relion_compare
 from conftest import FIXTURES, compare_with_relion, mirror_fixtures, working_directory
 from relion_py.cli.reconstruct import main
-from relion_py.errors import RelionPyError
+from relion_py.runtime.errors import RelionPyError
 from relion_py.io.mrc import read_mrc
-from relion_py.kernels import insertion_backward
-from relion_py.kernels.insertion_backward import insert_slices_backward, slice_matrices
-from relion_py.kernels.map_finalisation import symmetrise
+from relion_py.kernels.tomography import insertion_backward
+from relion_py.kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
+from relion_py.kernels.tomography.map_finalisation import symmetrise
 from relion_py.programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
-from relion_py.symmetry import tomo_symmetry_matrices
+from relion_py.tomography.symmetry import tomo_symmetry_matrices
 
 CASES = [
     "f1_reconstruct_particle_c1",
@@ -293,7 +293,7 @@ def test_symmetrise_matches_relion_loop(sym, helix):
 
 def test_window_gather_fast_path_matches_clamped_reads():
     """kernels.windows: windows inside the image (plain row copies) and across its edges (clamped reads)."""
-    from relion_py.kernels.windows import gather_clamped_windows
+    from relion_py.kernels.tomography.windows import gather_clamped_windows
     rng = np.random.default_rng(7)
     stack = rng.standard_normal((3, 40, 50)).astype(np.float32)
     origins = np.array([[5, 7], [-3, 2], [40, 30], [0, 0], [34, 24], [-20, -20]], np.int64)

@@ -1,13 +1,13 @@
-"""relion_py.simulate: deterministic, RELION-readable, particles where RELION's geometry puts them."""
+"""relion_py.tools.simulate: deterministic, RELION-readable, particles where RELION's geometry puts them."""
 import numpy as np
 
-from relion_py.geometry import tilt_projection_matrices
+from relion_py.tomography.geometry import tilt_projection_matrices
 from relion_py.io.mrc import read_mrc
 from relion_py.io.star import read_star
 from relion_py.project.optimisation_set import OptimisationSet
 from relion_py.project.particles import ParticleSet
 from relion_py.project.tomograms import TomogramSet
-from relion_py.simulate import SimulationParams, main, simulate, write_relion_project
+from relion_py.tools.simulate import SimulationParams, main, simulate, write_relion_project
 
 SMALL = dict(n_particles=3, image_size="96,80", tomo_size="96,80,40", tilt_range="-30,30,15",
              particle_diameter=40.0)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relion_py.errors import RelionPyError
+from relion_py.runtime.errors import RelionPyError
 from relion_py.io.atomic import atomic_output
 from relion_py.io.star import format_value, read_star, write_star
 from relion_py.io.star_labels import label_type

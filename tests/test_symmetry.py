@@ -1,4 +1,4 @@
-"""Tests for relion_py.symmetry (RELION point-group and helical operators)."""
+"""Tests for relion_py.tomography.symmetry (RELION point-group and helical operators)."""
 
 import hashlib
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 
-from relion_py.errors import RelionPyError
-from relion_py.symmetry import (
+from relion_py.runtime.errors import RelionPyError
+from relion_py.tomography.symmetry import (
     helical_hh,
     helical_rotations,
     helical_symmetry_matrices,

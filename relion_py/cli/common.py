@@ -3,7 +3,7 @@ import os
 import sys
 import traceback
 
-from ..errors import RelionPyError
+from ..runtime.errors import RelionPyError
 
 
 def run_cli(prog, func):

@@ -1,7 +1,7 @@
 """relion-py-extract: drop-in for relion_tomo_subtomo."""
 import sys
 
-from ..options import parse_options
+from ..runtime.options import parse_options
 from ..programs.subtomo import ExtractOptions, extract_subtomograms
 from .common import run_cli
 

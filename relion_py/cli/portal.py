@@ -1,8 +1,8 @@
 """relion-py-portal: a RELION 5 project from CryoET Data Portal runs, optionally extracted in one go."""
 import sys
 
-from ..log import info
-from ..options import parse_options
+from ..runtime.log import info
+from ..runtime.options import parse_options
 from ..portal import PortalOptions, make_portal_project
 from ..programs.subtomo import ExtractOptions, extract_subtomograms
 from .common import run_cli

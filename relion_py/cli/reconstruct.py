@@ -3,9 +3,9 @@
 import os
 import sys
 
-from ..errors import RelionPyError
+from ..runtime.errors import RelionPyError
 from ..io.star import read_star
-from ..options import build_parser, parse_options
+from ..runtime.options import build_parser, parse_options
 from ..programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 from ..programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
 from .common import run_cli

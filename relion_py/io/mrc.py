@@ -5,7 +5,7 @@ import time
 import numpy as np
 from mrcfile.dtypes import HEADER_DTYPE
 
-from ..errors import RelionPyError
+from ..runtime.errors import RelionPyError
 from ..kernels.statistics import running_moments
 from .atomic import atomic_output
 from .direct_write import write_arrays

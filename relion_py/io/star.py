@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import starfile
 
-from ..errors import RelionPyError
+from ..runtime.errors import RelionPyError
 from .atomic import atomic_output
 from .star_labels import label_type
 

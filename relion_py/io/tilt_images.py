@@ -9,8 +9,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..errors import RelionPyError
-from ..kernels.windows import gather_clamped_windows
+from ..runtime.errors import RelionPyError
+from ..kernels.tomography.windows import gather_clamped_windows
 from .mrc import mmap_mrc, relion_float16_to_float32
 
 

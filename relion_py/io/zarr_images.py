@@ -43,8 +43,8 @@ import numpy as np
 import urllib3
 from numcodecs.compat import ensure_ndarray_like
 
-from ..errors import RelionPyError
-from ..kernels.windows import gather_clamped_windows
+from ..runtime.errors import RelionPyError
+from ..kernels.tomography.windows import gather_clamped_windows
 from .tilt_images import TiltImages
 
 ATTEMPTS = 4            # tries per remote object before giving up

@@ -50,8 +50,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from ..errors import RelionPyError
-from ..geometry import matrix_to_euler
+from ..runtime.errors import RelionPyError
+from ..tomography.geometry import matrix_to_euler
 
 
 def tilt_axis_rotation(in_plane_rotation):

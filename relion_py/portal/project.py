@@ -14,11 +14,11 @@ import cryoet_data_portal as cdp
 import numpy as np
 import pandas as pd
 
-from ..errors import RelionPyError
+from ..runtime.errors import RelionPyError
 from ..io.atomic import atomic_output
 from ..io.star import write_star
-from ..log import warn
-from ..options import option
+from ..runtime.log import warn
+from ..runtime.options import option
 from .mapping import read_points, tilt_series_table, tomogram_size
 from .query import select
 

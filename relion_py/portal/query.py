@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import cryoet_data_portal as cdp
 
-from ..errors import RelionPyError
+from ..runtime.errors import RelionPyError
 from ..io.zarr_images import fetch_file
 
 POINT_SHAPES = ("OrientedPoint", "Point")

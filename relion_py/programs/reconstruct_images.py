@@ -2,7 +2,7 @@
 known orientations.
 
 Mirrors ``Reconstructor`` (src/reconstructor.cpp: ``read``, ``initialise``, ``backprojectOneParticle``,
-``reconstruct``) on top of RELION's classic ``BackProjector`` (``relion_py.kernels.backproject``).
+``reconstruct``) on top of RELION's classic ``BackProjector`` (``relion_py.kernels.classic.backproject``).
 Spec: reconstruction.md, part B.
 
 Inputs it reads: RELION 3.1+ particle STAR files (optics + particles tables, ``N@stack.mrcs`` 2-D images,
@@ -21,17 +21,17 @@ import numba
 import numpy as np
 import scipy.fft
 
-from ..errors import RelionPyError
-from ..geometry import euler_to_matrix
+from ..runtime.errors import RelionPyError
+from ..tomography.geometry import euler_to_matrix
 from ..io.mrc import mmap_mrc, relion_float16_to_float32, write_mrc
 from ..io.star import read_star
 from ..io.tilt_images import split_image_name
-from ..kernels import backproject as bp
+from ..kernels.classic import backproject as bp
 from ..kernels.ctf import astigmatism_form, ctf_constants
-from ..log import info, warn
-from ..options import check_supported, option
-from ..progress import Progress
-from ..symmetry import point_group_operators
+from ..runtime.log import info, warn
+from ..runtime.options import check_supported, option
+from ..runtime.progress import Progress
+from ..tomography.symmetry import point_group_operators
 
 GEN = "General options"
 CTF = "CTF options"

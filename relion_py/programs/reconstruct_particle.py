@@ -6,9 +6,9 @@ noise weights, per particle the re-extraction of every visible tilt, CTF × dose
 backward Fourier insertion into private accumulators, per-tomogram checkpoints), ``finalise``,
 ``symmetrise``, ``reconstruct`` and ``writeOutput``. Spec: reconstruction.md, part A.
 
-Numerics: the 2-D images are processed in float32 as in RELION (``relion_py.tilt_extraction``,
-``relion_py.kernels.extraction``), accumulated in float64 (``relion_py.kernels.insertion_backward``),
-finalised in float64 (``relion_py.kernels.map_finalisation``).
+Numerics: the 2-D images are processed in float32 as in RELION (``relion_py.tomography.particle_tilts``,
+``relion_py.kernels.tomography.extraction``), accumulated in float64 (``relion_py.kernels.tomography.insertion_backward``),
+finalised in float64 (``relion_py.kernels.tomography.map_finalisation``).
 """
 import glob
 import os
@@ -18,25 +18,25 @@ from dataclasses import dataclass, fields
 import numba
 import numpy as np
 
-from ..aberrations import aberration_tables
-from ..dose import dose_weights, dose_x_ranges
-from ..errors import RelionPyError
-from ..fft import RealFFT
-from ..fourier import half_to_centred_full
+from ..tomography.aberrations import aberration_tables
+from ..tomography.dose import dose_weights, dose_x_ranges
+from ..runtime.errors import RelionPyError
+from ..runtime.fftw_plans import RealFFT
+from ..tomography.half_grid import half_to_centred_full
 from ..io.mrc import read_mrc, write_mrc
-from ..kernels import map_finalisation as fin
-from ..kernels.extraction import weight_spectra
-from ..kernels.insertion_backward import insert_slices_backward, slice_matrices
-from ..log import info, warn
-from ..noise import noise_weights
-from ..options import ProjectInputs, check_supported, option
-from ..parallel import PerThread, map_in_order
-from ..progress import Progress
+from ..kernels.tomography import map_finalisation as fin
+from ..kernels.tomography.extraction import weight_spectra
+from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
+from ..runtime.log import info, warn
+from ..tomography.noise import noise_weights
+from ..runtime.options import ProjectInputs, check_supported, option
+from ..runtime.parallel import PerThread, map_in_order
+from ..runtime.progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
-from ..symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
-from ..tilt_extraction import extract_spectra, particle_geometry, particle_tilt_items
+from ..tomography.symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
+from ..tomography.particle_tilts import extract_spectra, particle_geometry, particle_tilt_items
 
 REC = "Reconstruction options"
 SYM = "Symmetry"

@@ -11,26 +11,26 @@ from dataclasses import dataclass, fields
 import numba
 import numpy as np
 
-from ..aberrations import aberration_tables
-from ..dose import dose_weights, dose_x_ranges
-from ..errors import RelionPyError
-from ..fft import RealFFT
-from ..geometry import matrix_to_euler
+from ..tomography.aberrations import aberration_tables
+from ..tomography.dose import dose_weights, dose_x_ranges
+from ..runtime.errors import RelionPyError
+from ..runtime.fftw_plans import RealFFT
+from ..tomography.geometry import matrix_to_euler
 from ..io.mrc import write_mrc
 from ..io.star import write_star
-from ..fourier import half_to_centred_full
-from ..kernels.extraction import crop_circle, weight_spectra
-from ..kernels.insertion import InsertionWorkspace, insert_slices_forward
-from ..kernels.volume_filters import cone_weight, divide_heuristic, divide_wiener, taper
-from ..log import info, warn
-from ..noise import noise_weights
-from ..options import INPUT_GROUP, ProjectInputs, check_supported, option
-from ..parallel import BackgroundWriter, PerThread, map_in_order
-from ..progress import Progress
+from ..tomography.half_grid import half_to_centred_full
+from ..kernels.tomography.extraction import crop_circle, weight_spectra
+from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_slices_forward
+from ..kernels.tomography.volume_filters import cone_weight, divide_heuristic, divide_wiener, taper
+from ..runtime.log import info, warn
+from ..tomography.noise import noise_weights
+from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
+from ..runtime.parallel import BackgroundWriter, PerThread, map_in_order
+from ..runtime.progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
-from ..tilt_extraction import extract_spectra, extract_stack2d, particle_geometry, particle_tilt_items
+from ..tomography.particle_tilts import extract_spectra, extract_stack2d, particle_geometry, particle_tilt_items
 
 IO = INPUT_GROUP
 BOX = "Box and binning"

@@ -4,7 +4,7 @@ Mirrors ``OptimisationSet::read`` (src/jaz/tomography/optimisation_set.cpp).
 """
 from dataclasses import dataclass
 
-from ..errors import RelionPyError
+from ..runtime.errors import RelionPyError
 from ..io.star import read_star
 
 LABELS = {"particles": "rlnTomoParticlesFile", "tomograms": "rlnTomoTomogramsFile",

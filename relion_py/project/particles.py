@@ -6,10 +6,10 @@ Mirrors ``ParticleSet::read``, ``getPosition``, ``getSubtomogramMatrix``, ``getP
 import numpy as np
 import pandas as pd
 
-from ..errors import RelionPyError
-from ..geometry import euler_to_matrix
+from ..runtime.errors import RelionPyError
+from ..tomography.geometry import euler_to_matrix
 from ..io.star import read_star
-from ..log import warn
+from ..runtime.log import warn
 from .tables import column, loop_block, require_columns
 
 CENTRED = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst")

@@ -1,7 +1,7 @@
 """Small helpers to read columns of RELION STAR tables with clear errors."""
 import numpy as np
 
-from ..errors import RelionPyError
+from ..runtime.errors import RelionPyError
 
 
 def require_columns(table, labels, where):

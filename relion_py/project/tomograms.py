@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import RelionPyError
-from ..geometry import tilt_projection_matrices
+from ..runtime.errors import RelionPyError
+from ..tomography.geometry import tilt_projection_matrices
 from ..io.star import read_star
 from ..io.tilt_images import open_tilt_images
 from .tables import column, loop_block, require_columns

@@ -23,9 +23,9 @@ import math
 
 import numpy as np
 
-from ..errors import RelionPyError
-from ._jit import njit
-from .prefetch import prefetch as _prefetch
+from ...runtime.errors import RelionPyError
+from .._jit import njit
+from ..prefetch import prefetch as _prefetch
 
 #: Hits listed before they are gathered, and how many hits ahead their memory is prefetched.
 HIT_BUFFER = 1024

@@ -2,8 +2,8 @@
 re-centring, CTF × dose premultiplication, aberration and whitening weights, circular masking.
 
 These kernels work on stacks of tilt images ("items": one visible frame of one particle), serially: the
-callers run one particle per thread (``relion_py.parallel``). FFTs are FFTW plans made by the caller
-(``relion_py.fft.RealFFT``); :func:`stack2d_images` executes them itself, so that each tilt image goes
+callers run one particle per thread (``relion_py.runtime.parallel``). FFTs are FFTW plans made by the caller
+(``relion_py.runtime.fftw_plans.RealFFT``); :func:`stack2d_images` executes them itself, so that each tilt image goes
 from its window to its finished 2-D image while it is in the core's cache.
 """
 import functools
@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from ._jit import njit
-from .ctf import CTF_MIN_ABS, astigmatism_form, ctf_constants
-from .fastmath import sin_vectorisable, sincos_vectorisable
-from .fftw import execute_item
+from .._jit import njit
+from ..ctf import CTF_MIN_ABS, astigmatism_form, ctf_constants
+from ..fastmath import sin_vectorisable, sincos_vectorisable
+from ..fftw_execute import execute_item
 from .windows import _gather_clamped_windows
 
 
@@ -292,7 +292,7 @@ def stack2d_images(source, slices, origins, gathered, weighting, square, box, ou
     Mirrors, per tilt image, ``TomoExtraction::extractAt2D_Fourier`` and the 2-D branch of
     ``SubtomoProgram::processTomograms`` (src/jaz/tomography/programs/subtomo.cpp).
     source:    (n_slices, H, W) float32 tilt images; ``slices`` (n,) int64 and ``origins`` (n, 2) int64 place
-               each item's unbinned square as in :func:`~relion_py.kernels.windows.gather_clamped_windows`;
+               each item's unbinned square as in :func:`~relion_py.kernels.tomography.windows.gather_clamped_windows`;
                or, with ``gathered``, the squares are already in ``square``'s real buffer (source unused)
     weighting: the arguments of :func:`weight_spectra` from ``binning`` to ``post_scale`` (a tuple; n items)
     square:    ``RealFFT.kernel_args()`` of the s0 x s0 unbinned squares (forward; capacity >= n if gathered)

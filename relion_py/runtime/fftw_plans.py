@@ -10,7 +10,7 @@ last bits of a result; so the wisdom is also kept between runs, in a file per FF
 (:func:`wisdom_path`): every run on a machine then uses the same algorithms and repeats the previous
 one's numbers bit for bit, and skips the measuring (about 0.25 s per run).
 
-The plans are executed from compiled code (``relion_py.kernels.fftw``, without the GIL): a particle's 41
+The plans are executed from compiled code (``relion_py.kernels.fftw_execute``, without the GIL): a particle's 41
 tilts cost one call from Python instead of one per tilt and plan, which kept the worker threads queuing for
 the GIL, and kernels can run a whole tilt image through its FFTs while it is in the core's cache.
 
@@ -29,8 +29,8 @@ import weakref
 import numpy as np
 
 from .errors import RelionPyError
-from .io.atomic import atomic_output
-from .kernels.fftw import execute_items, library
+from ..io.atomic import atomic_output
+from ..kernels.fftw_execute import execute_items, library
 
 FFTW_MEASURE, FFTW_DESTROY_INPUT = 0, 1
 FFTW_FORWARD = -1
@@ -163,7 +163,7 @@ class RealFFT:
             _keep_wisdom()
 
     def kernel_args(self):
-        """What compiled code needs to run these FFTs (``relion_py.kernels.fftw.execute_item``):
+        """What compiled code needs to run these FFTs (``relion_py.kernels.fftw_execute.execute_item``):
         (real, spectra, real (capacity, -1), spectra as float32 (capacity, -1), forward plans (capacity, 2),
         backward plans (capacity or 0, 1), norm)."""
         return (self.real, self.spectra, self._real_flat, self._spectra_flat, self._forward, self._backward,

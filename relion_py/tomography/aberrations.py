@@ -8,7 +8,7 @@ from math import factorial
 
 import numpy as np
 
-from .fourier import half_grid
+from .half_grid import half_grid
 
 EVEN, ODD = "rlnEvenZernike", "rlnOddZernike"
 

@@ -5,7 +5,7 @@ Mirrors ``Damage::weightStack_GG`` / ``Damage::weightImage`` (src/jaz/optics/dam
 """
 import numpy as np
 
-from .fourier import half_grid
+from .half_grid import half_grid
 
 
 def dose_weights(dose, box, pixel_size, bfactor_per_dose=0.0):

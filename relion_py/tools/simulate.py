@@ -3,9 +3,9 @@
 It makes test and example data that relion_py and RELION read alike: copies of a chiral particle made
 of Gaussian blobs, at random positions and orientations in one or more tomograms, projected with the
 tilt-series geometry of ``Tomogram::setProjectionMatrix``
-(:func:`relion_py.geometry.tilt_projection_matrices`), multiplied by the CTF of ``CTF::getCTF``
+(:func:`relion_py.tomography.geometry.tilt_projection_matrices`), multiplied by the CTF of ``CTF::getCTF``
 (:mod:`relion_py.kernels.ctf`) at each particle's depth-dependent defocus (``Tomogram::getCtf``) and by
-the dose filter of ``Damage::weightImage`` (:func:`relion_py.dose.dose_weights`) for the tilt's
+the dose filter of ``Damage::weightImage`` (:func:`relion_py.tomography.dose.dose_weights`) for the tilt's
 pre-exposure; particles are dark (RELION inverts contrast at extraction), plus Gaussian noise. Every number
 that goes into a file is rounded to the precision RELION prints before it is used, so the files describe
 the data exactly.
@@ -33,15 +33,15 @@ import numcodecs
 import numpy as np
 import pandas as pd
 
-from .dose import dose_weights
-from .fourier import half_grid
-from .geometry import euler_to_matrix, tilt_projection_matrices
-from .io.atomic import atomic_output
-from .io.mrc import write_mrc
-from .io.star import format_value, write_star
-from .kernels._jit import njit
-from .kernels.ctf import astigmatism_form, ctf_constants, ctf_value
-from .options import option, parse_options
+from ..tomography.dose import dose_weights
+from ..tomography.half_grid import half_grid
+from ..tomography.geometry import euler_to_matrix, tilt_projection_matrices
+from ..io.atomic import atomic_output
+from ..io.mrc import write_mrc
+from ..io.star import format_value, write_star
+from ..kernels._jit import njit
+from ..kernels.ctf import astigmatism_form, ctf_constants, ctf_value
+from ..runtime.options import option, parse_options
 
 # The particle: (x, y, z) offset in units of the particle radius, sigma (radius units), amplitude.
 # A core, a right-handed 4-blob helix and a tag blob: no symmetry, chiral.
@@ -261,10 +261,10 @@ _DATE = "2025-01-01T00:00:00+00:00"
 _TILTSERIES_DEFAULTS = dict(
     microscopeManufacturer="TFS", microscopeModel="Krios", microscopeEnergyFilter="none",
     cameraManufacturer="Gatan", cameraModel="K3", tiltingScheme="dose-symmetric",
-    dataAcquisitionSoftware="relion_py.simulate", tiltSeriesQuality=5, binningFromFrames=1.0)
+    dataAcquisitionSoftware="relion_py.tools.simulate", tiltSeriesQuality=5, binningFromFrames=1.0)
 _TOMOGRAM_DEFAULTS = dict(
     fiducialAlignmentStatus="NON_FIDUCIAL", reconstructionMethod="WBP", processing="raw",
-    reconstructionSoftware="relion_py.simulate", offsetX=0, offsetY=0, offsetZ=0, isPortalStandard=True,
+    reconstructionSoftware="relion_py.tools.simulate", offsetX=0, offsetY=0, offsetZ=0, isPortalStandard=True,
     ctfCorrected=False)
 
 
@@ -427,9 +427,9 @@ class _Command(SimulationParams):
 
 
 def main(argv=None):
-    """``python -m relion_py.simulate --root DIR [options]``."""
+    """``python -m relion_py.tools.simulate --root DIR [options]``."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    cmd = parse_options(_Command, argv, "python -m relion_py.simulate", __doc__.splitlines()[0])
+    cmd = parse_options(_Command, argv, "python -m relion_py.tools.simulate", __doc__.splitlines()[0])
     sim = simulate(SimulationParams(**{f.name: getattr(cmd, f.name) for f in fields(SimulationParams)}))
     write_relion_project(sim, cmd.root)
     write_portal(sim, os.path.join(cmd.root, "portal"), cmd.base_url)

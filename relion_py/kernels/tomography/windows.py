@@ -1,8 +1,8 @@
 """Reading square windows out of tilt images, with RELION's edge replication."""
 import numpy as np
 
-from ._jit import njit
-from .prefetch import prefetch
+from .._jit import njit
+from ..prefetch import prefetch
 
 
 #: rows of a window prefetched ahead of the row being copied

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import project, visible_frames
-from .kernels.extraction import crop_circle, stack2d_images
+from ..kernels.tomography.extraction import crop_circle, stack2d_images
 
 
 def c_round(v):
@@ -96,7 +96,7 @@ def particle_tilt_items(tomogram, particles, geom, selection, square, binning, b
 def extract_spectra(images, items, fft, circle_precrop):
     """Cut the unbinned squares out of the tilt images (edge-clamped) and Fourier transform them.
 
-    fft: the calling thread's :class:`~relion_py.fft.RealFFT` of s0 x s0 squares (capacity >= len(items)).
+    fft: the calling thread's :class:`~relion_py.runtime.fftw_plans.RealFFT` of s0 x s0 squares (capacity >= len(items)).
     Returns a view of its spectra, (m, s0, s0//2+1) complex64: ``rfft2`` with ortho normalisation of the
     squares as cut, NOT ifftshift-ed (for even s0 that is a (-1)^(x+y) factor, applied by ``weight_spectra``).
     ``circle_precrop`` applies RELION's circle mask (radius s0/2, fall-off 5) first (relion_tomo_subtomo's
@@ -112,9 +112,9 @@ def extract_spectra(images, items, fft, circle_precrop):
 
 
 def extract_stack2d(images, items, weighting, square, box, out, circle_precrop, boundary, do_crop, grid_precorrect):
-    """:func:`~relion_py.kernels.extraction.stack2d_images` for ``items`` of the tilt series ``images``:
+    """:func:`~relion_py.kernels.tomography.extraction.stack2d_images` for ``items`` of the tilt series ``images``:
     compiled code cuts the windows itself where the pixels are one array (MRC stacks), else the reader
-    cuts them first (zarr, one file per tilt). square, box: the thread's :class:`~relion_py.fft.RealFFT`."""
+    cuts them first (zarr, one file per tilt). square, box: the thread's :class:`~relion_py.runtime.fftw_plans.RealFFT`."""
     n = len(items.frame)
     pixels = images.pixel_stack(items.frame)
     gathered = pixels is None

@@ -20,9 +20,9 @@ import math
 import numba
 import numpy as np
 
-from ..errors import RelionPyError
-from ._jit import njit
-from .ctf import clamp_ctf, ctf_gamma
+from ...runtime.errors import RelionPyError
+from .._jit import njit
+from ..ctf import clamp_ctf, ctf_gamma
 
 PI = 3.14159265358979323846
 

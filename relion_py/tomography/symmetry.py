@@ -31,7 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from relion_py.errors import RelionPyError
+from relion_py.runtime.errors import RelionPyError
 
 __all__ = [
     "EQUAL_ACCURACY",

@@ -18,7 +18,7 @@ import numba
 import numpy as np
 import scipy.fft
 
-from ._jit import njit
+from .._jit import njit
 
 PI = 3.14159265358979323846
 

@@ -5,7 +5,7 @@ Mirrors ``Tomogram::computeNoiseWeight`` (src/jaz/tomography/tomogram.cpp) with
 """
 import numpy as np
 
-from .fourier import half_grid
+from .half_grid import half_grid
 
 
 def radial_average(values, radius, n_bins):

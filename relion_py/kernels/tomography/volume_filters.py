@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ._jit import njit
+from .._jit import njit
 
 PI = 3.14159265358979323846
 

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from ..errors import RelionPyError
-from ._jit import njit
+from ...runtime.errors import RelionPyError
+from .._jit import njit
 
 
 @njit(inline="always")

@@ -1,6 +1,6 @@
 """FFTW plans executed from compiled code: ``fftwf_execute`` called by Numba functions, without the GIL.
 
-Plans are made (and destroyed) by :class:`relion_py.fft.RealFFT` through FFTW's C interface; kernels
+Plans are made (and destroyed) by :class:`relion_py.runtime.fftw_plans.RealFFT` through FFTW's C interface; kernels
 receive them as integer handles. The library is the single-precision FFTW that the ``pyfftw`` wheel ships
 (or the system's ``libfftw3f``); only its C interface is used. It is loaded when this module is imported,
 so that compiled (and cached) code can call it by name.
@@ -14,7 +14,7 @@ import os
 import llvmlite.binding
 from numba import types
 
-from ..errors import RelionPyError
+from ..runtime.errors import RelionPyError
 from ._jit import njit
 
 
