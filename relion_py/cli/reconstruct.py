@@ -72,13 +72,15 @@ def _tilt_series(argv):
     reconstruct_particle(opts, command=[PROG] + list(argv))
 
 
-def main(argv=None):
+def main(argv=None, mode=None):
+    """``mode``: 'images' or 'tilt_series' to run that mode whatever the inputs (the relion_reconstruct and
+    relion_tomo_reconstruct_particle shims); by default it is chosen from the inputs."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "-h" in argv or "--help" in argv:
+    if mode is None and ("-h" in argv or "--help" in argv):
         build_image_parser().print_help()
         return 0
     try:
-        mode = choose_mode(argv)
+        mode = mode or choose_mode(argv)
     except RelionPyError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

@@ -82,3 +82,7 @@ class ProjectInputs:
     mot: str = option("", "Particle trajectories (motion.star; overrides the optimisation set's)",
                       INPUT_GROUP, metavar="FILE")
     o: str = option(None, "Output directory", INPUT_GROUP, required=True, metavar="DIR")
+    # RELION's tomography programs take the display theme of their log (src/jaz/util/log.cpp); the RELION 5 GUI
+    # passes "--theme classic" on every command line it writes. relion_py's log has one look.
+    theme: str = option("classic", "Display theme of the log (accepted for RELION's GUI; no effect)", INPUT_GROUP,
+                        metavar="NAME")
