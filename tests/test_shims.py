@@ -83,7 +83,7 @@ def test_gui_command_line_gives_relions_files(case, shims, tmp_path):
     status, job = run_job(GUI_JOBS[case], project, shims)
     assert status == 0, (job / "run.err").read_text()
     assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
-    assert f"→ relion-py-" in (job / "run.out").read_text()
+    assert "→ relion-py-" in (job / "run.out").read_text()
     job_prefix = os.path.relpath(job, project) + "/"
     ok, report = compare_with_relion(FIXTURES / case, job, ["--path-prefix-map", f"{case}/={job_prefix}",
                                                             *CASES[case].get("compare_args", [])])
