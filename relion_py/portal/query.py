@@ -35,23 +35,9 @@ def _find(model, client, *filters):
     try:
         return model.find(client, list(filters))
     except Exception as exc:  # noqa: BLE001 - gql/requests raise many types
-        if _is_connection_failure(exc):
-            raise RelionPyError(f"cannot reach the CryoET Data Portal at {client.url}: check the network or "
-                                "--url") from None
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise RelionPyError(f"CryoET Data Portal query for {model.__name__} at {client.url} failed: "
                             f"{type(exc).__name__}: {reason}") from None
-
-
-def _is_connection_failure(exc):
-    """Whether ``exc`` (or what caused it) is a failure to connect: refused, unreachable, name unknown,
-    timed out (gql's TransportConnectionFailed, requests' ConnectionError, OSError)."""
-    while exc is not None:
-        if isinstance(exc, (ConnectionError, TimeoutError, OSError)) or "ConnectionFailed" in type(exc).__name__ \
-                or "ConnectionError" in type(exc).__name__ or "Timeout" in type(exc).__name__:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def _one_file_per_shape(files, alignments):

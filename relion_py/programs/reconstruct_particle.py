@@ -12,6 +12,7 @@ finalised in float64 (``relion_py.kernels.tomography.map_finalisation``).
 """
 import glob
 import os
+import queue
 from dataclasses import dataclass, fields
 
 import numba
@@ -31,7 +32,7 @@ from ..runtime.job_control import check_abort
 from ..runtime.log import info, warn
 from ..tomography.noise import noise_weights
 from ..runtime.options import ProjectInputs, check_options, option, pipeline_control_option
-from ..runtime.parallel import PerThread, run_blocks, static_blocks
+from ..runtime.parallel import PerThread, map_in_order
 from ..runtime.progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
@@ -65,11 +66,10 @@ class ReconstructParticleOptions(ProjectInputs):
     helical_twist: float = option(0.0, "Helical twist (in degrees, + for right-handedness)", SYM)
     mem: int = option(-1, "Max. amount of memory (in GB) for the accumulators (--j_out will be reduced)", RUN)
     j: int = option(6, "Number of threads (symmetrisation, FFTs, 2-D image processing)", RUN)
-    j_in: int = option(3, "Inner threads (RELION: threads per particle); relion_py's thread count for the "
-                       "FFTs and symmetrisation is the larger of --j and --j_out x --j_in", RUN)
-    j_out: int = option(2, "Outer threads: number of private accumulators. As in RELION, accumulator a takes the "
-                        "a-th block of each tomogram's particles, in order, on one thread: the maps depend on "
-                        "--j_out (as RELION's do) and on nothing else", RUN)
+    j_in: int = option(3, "Inner threads (RELION: threads per particle); here the thread count is the larger of "
+                       "--j and --j_out x --j_in, and every thread processes whole particles", RUN)
+    j_out: int = option(2, "Outer threads: number of private accumulators (a thread adds each particle into one "
+                        "that no other thread holds meanwhile)", RUN)
     only_do_unfinished: bool = option(False, "Resume from the per-tomogram checkpoints in <o>/temp/", RUN)
     no_backup: bool = option(False, "Do not write per-tomogram checkpoints (makes --only_do_unfinished "
                              "impossible)", RUN)
@@ -265,8 +265,8 @@ def _symmetry_operators(opts, pixel_size):
 
 def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, geom, halves_of, pixel_size,
                           aberrations, acc):
-    """``processTomograms`` for one tomogram: re-extract, weight and insert every visible tilt image. As
-    RELION's outer threads do, each accumulator of ``acc`` takes a fixed block of particles, in order."""
+    """``processTomograms`` for one tomogram: re-extract, weight and insert every visible tilt image, one
+    particle per worker thread, each worker adding into an accumulator no other worker holds meanwhile."""
     s = opts.b
     binned_ps = tomo.pixel_size * opts.bin
     do_ctf = not opts.no_ctf
@@ -285,10 +285,12 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
     bounds, items, ctf_params, groups = particle_tilt_items(tomo, particles, geom, selection, square, opts.bin, s)
     q = slice_matrices(proj[items.frame] @ pose[items.particle])
     info(f"Tomogram {tt + 1} / {n_tomo}: {tomo.name}, {len(selection)} particles, {int(bounds[-1])} tilt images")
+    free = queue.SimpleQueue()              # the accumulators no worker holds
+    for a in range(acc.shape[0]):
+        free.put(a)
     workspaces = PerThread(lambda: _Workspace(tomo.n_frames, square, s))
 
-    def backproject(a, k):
-        """Re-extract, weight and add particle k into accumulator a."""
+    def backproject(k):
         part = slice(bounds[k], bounds[k + 1])
         mine = items[part]
         n = len(mine.frame)
@@ -300,13 +302,17 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
             spectra, s, opts.bin, mine.shifts, mine.frame, groups[part], ctf_params[part], optics, binned_ps, -1.0,
             do_ctf, dose_w, even_gamma, odd_phase, noise_w, 1.0, False, x_ranges=x_ranges, float32_c=True,
             out=ws.slices[:n], out_weights=ws.weights[:n])
-        insert_slices_backward(acc[a:a + 1], slices, slice_w, q[part], x_ranges[mine.frame, 0],
-                               halves[mine.particle], np.array([0, n]))
+        a = free.get()
+        try:
+            insert_slices_backward(acc[a:a + 1], slices, slice_w, q[part], x_ranges[mine.frame, 0],
+                                   halves[mine.particle], np.array([0, n]))
+        finally:
+            free.put(a)
 
-    # RELION's outer threads: accumulator a takes the a-th contiguous block of particles, in order
-    blocks = static_blocks(len(selection), acc.shape[0])
     with Progress(f"Backprojecting {tomo.name}", len(selection)) as bar:
-        run_blocks(backproject, blocks, threads, bar.advance, lambda: check_abort(opts.pipeline_control))
+        for _ in map_in_order(backproject, len(selection), threads):
+            bar.advance(1)
+            check_abort(opts.pipeline_control)
 
 
 class _Workspace:

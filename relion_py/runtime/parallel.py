@@ -8,7 +8,7 @@ chosen here, once.
 """
 import threading
 from collections import deque
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 #: tasks in flight per worker: enough to keep every worker busy while results are consumed in order
 AHEAD = 3
@@ -34,55 +34,6 @@ def map_in_order(fn, n_tasks, threads):
         finally:
             for future in pending:
                 future.cancel()
-
-
-def static_blocks(n_items, n_blocks):
-    """OpenMP's static schedule (libgomp, no chunk size), RELION's ``#pragma omp parallel for``: item ranges
-    [start, stop) of ``n_blocks`` contiguous blocks, the first ``n_items % n_blocks`` one item longer.
-
-    relion_tomo_reconstruct_particle gives block a of a tomogram's particles to outer thread a, which adds
-    them into its own accumulator in order. relion_py keeps that partition (and the order of the sums) fixed
-    whatever the number of threads or workers that run the blocks, so its maps are the same bytes for any
-    --j and any cluster."""
-    q, r = divmod(n_items, n_blocks)
-    starts = [a * q + min(a, r) for a in range(n_blocks + 1)]
-    return list(zip(starts[:-1], starts[1:]))
-
-
-def run_blocks(fn, blocks, threads, on_progress=None, poll=None):
-    """Call ``fn(a, k)`` for every item k of every block a (:func:`static_blocks`), the items of a block in
-    order on one thread, the blocks on up to ``threads`` threads. The calling thread waits, calling
-    ``on_progress(n_items_finished)`` and ``poll()`` (which may raise, e.g. to abort) about every 0.2 s; an
-    exception there or in ``fn`` stops every block after its current item and is re-raised."""
-    stop = threading.Event()
-    finished = [0] * len(blocks)
-
-    def run(a):
-        for k in range(*blocks[a]):
-            if stop.is_set():
-                return
-            fn(a, k)
-            finished[a] += 1
-
-    reported = 0
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(blocks))),
-                            thread_name_prefix="relion_py_worker") as pool:
-        futures = [pool.submit(run, a) for a in range(len(blocks))]
-        try:
-            while True:
-                done, pending = wait(futures, timeout=0.2, return_when=FIRST_EXCEPTION)
-                if on_progress is not None and sum(finished) > reported:
-                    on_progress(sum(finished) - reported)
-                    reported = sum(finished)
-                for future in done:
-                    future.result()
-                if not pending:
-                    return
-                if poll is not None:
-                    poll()
-        except BaseException:
-            stop.set()
-            raise
 
 
 class PerThread:
