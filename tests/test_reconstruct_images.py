@@ -280,7 +280,7 @@ def test_mode_is_chosen_by_content():
 def test_tilt_series_inputs_go_to_the_tilt_series_mode(argv, monkeypatch):
     import relion_py.cli.reconstruct as cli
     seen = []
-    monkeypatch.setattr(cli, "_tilt_series", lambda args: seen.append(args) or 0)
+    monkeypatch.setattr(cli, "_tilt_series", seen.append)
     with working_directory(FIXTURES):
         assert main(argv) == 0
     assert seen == [argv]

@@ -69,7 +69,7 @@ def parse_image_options(argv):
 
 def _tilt_series(argv):
     opts = parse_options(ReconstructParticleOptions, argv, PROG, "Tilt-series mode (relion_tomo_reconstruct_particle)")
-    return run_cli(PROG, lambda: reconstruct_particle(opts, command=[PROG] + list(argv)), opts.pipeline_control)
+    reconstruct_particle(opts, command=[PROG] + list(argv))
 
 
 def main(argv=None, mode=None):
@@ -85,9 +85,9 @@ def main(argv=None, mode=None):
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     if mode == "tilt_series":
-        return _tilt_series(argv)
+        return run_cli(PROG, lambda: _tilt_series(argv))
     opts = parse_image_options(argv)
-    return run_cli(PROG, lambda: reconstruct_images(opts), opts.pipeline_control)
+    return run_cli(PROG, lambda: reconstruct_images(opts))
 
 
 if __name__ == "__main__":

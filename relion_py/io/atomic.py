@@ -1,6 +1,5 @@
 """All-or-nothing output files: no half-written file ever remains under its final name."""
 import os
-import re
 from contextlib import contextmanager
 
 
@@ -23,29 +22,3 @@ def atomic_output(path):
         if os.path.lexists(tmp):
             os.remove(tmp)
         raise
-
-
-_TEMPORARY = re.compile(r"^\..+\.tmp-(\d+)$")
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:     # someone else's live process
-        return True
-    return True
-
-
-def remove_stale_temporaries(folder):
-    """Delete the temporaries (``.<name>.tmp-<pid>``) that killed runs left under ``folder``: those whose
-    process no longer runs. Returns how many were removed."""
-    removed = 0
-    for root, _, names in os.walk(folder):
-        for name in names:
-            match = _TEMPORARY.match(name)
-            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
-                os.remove(os.path.join(root, name))
-                removed += 1
-    return removed

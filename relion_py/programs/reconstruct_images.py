@@ -21,7 +21,6 @@ import numba
 import numpy as np
 import scipy.fft
 
-from ..io.output_folder import refuse_inputs_as_outputs
 from ..runtime.errors import RelionPyError
 from ..tomography.geometry import euler_to_matrix
 from ..io.mrc import mmap_mrc, relion_float16_to_float32, write_mrc
@@ -30,7 +29,7 @@ from ..io.tilt_images import split_image_name
 from ..kernels.classic import backproject as bp
 from ..kernels.ctf import astigmatism_form, ctf_constants
 from ..runtime.log import info, warn
-from ..runtime.options import check_options, option, pipeline_control_option
+from ..runtime.options import check_supported, option
 from ..runtime.progress import Progress
 from ..tomography.symmetry import point_group_operators
 
@@ -147,7 +146,6 @@ class ReconstructImagesOptions:
     r_min_nn: int = option(10, "Radius (output px) below which --NN still inserts trilinearly (hidden in "
                            "RELION)", EXPERT)
     j: int = option(1, "Number of threads (relion_py only: RELION's relion_reconstruct runs on one)", EXPERT)
-    pipeline_control: str = pipeline_control_option(EXPERT)
 
 
 @dataclass
@@ -824,7 +822,7 @@ def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, workers=1):
 
 
 def _check_options(opts):
-    check_options(opts)
+    check_supported(opts)
     if opts.pad < 1.0:
         raise RelionPyError("Padding factor cannot be less than 1.")
     if opts.maxres == 0:
@@ -851,8 +849,6 @@ def reconstruct_images(opts):
     threads = max(1, int(opts.j))
     reader = ImageReader(opts.img)
     parts, n_box, angpix, data_dim, n_all = load_particles(opts, reader)
-    inputs = {image_path(name, opts.img)[0] for name in parts.names + (parts.ctf_names or [])}
-    refuse_inputs_as_outputs([opts.o], [opts.i] + sorted(inputs))
     if opts.verb > 0:
         info(f"{len(parts.names)} of {n_all} particles, {data_dim}-D data, box {n_box}, "
              f"pixel size {angpix:g} A")

@@ -27,18 +27,16 @@ from ..io.mrc import read_mrc, write_mrc
 from ..kernels.tomography import map_finalisation as fin
 from ..kernels.tomography.extraction import weight_spectra
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
-from ..io.output_folder import OutputFolder, refuse_inputs_as_outputs
-from ..runtime.job_control import check_abort
 from ..runtime.log import info, warn
 from ..tomography.noise import noise_weights
-from ..runtime.options import ProjectInputs, check_options, option, pipeline_control_option
+from ..runtime.options import ProjectInputs, check_supported, option
 from ..runtime.parallel import PerThread, map_in_order
 from ..runtime.progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..tomography.symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
-from ..tomography.particle_tilts import extract_spectra, particle_geometry, particle_tilt_items, require_finite
+from ..tomography.particle_tilts import extract_spectra, particle_geometry, particle_tilt_items
 
 REC = "Reconstruction options"
 SYM = "Symmetry"
@@ -74,7 +72,8 @@ class ReconstructParticleOptions(ProjectInputs):
     no_backup: bool = option(False, "Do not write per-tomogram checkpoints (makes --only_do_unfinished "
                              "impossible)", RUN)
     no_recon: bool = option(False, "Only backproject, do not reconstruct (for benchmarking)", RUN)
-    pipeline_control: str = pipeline_control_option(RUN)
+    pipeline_control: str = option("", "RELION pipeline control directory (RELION_JOB_EXIT_SUCCESS is "
+                                   "written there)", RUN, metavar="DIR")
 
 
 @dataclass
@@ -101,7 +100,7 @@ def command_line(opts, prog="relion-py-reconstruct"):
 
 def _validate(opts):
     """Refuse bad options before anything is read or written."""
-    check_options(opts)
+    check_supported(opts)
     s = opts.b
     if s is None or s <= 0 or s % 2:
         raise RelionPyError(f"--b must be a positive even number (got {s}); RELION's Fourier-space centring "
@@ -125,8 +124,6 @@ def _validate(opts):
             raise RelionPyError(f"--{name} must be at least 1")
     if opts.taper < 0:
         raise RelionPyError(f"--taper must not be negative (got {opts.taper})")
-    if not 0.0 <= opts.cutoff_fract <= 1.0:
-        raise RelionPyError(f"--cutoff_fract is a fraction of the dose weight: 0 to 1 (got {opts.cutoff_fract})")
     if opts.nr_helical_asu < 1:
         raise RelionPyError(f"--nr_helical_asu must be at least 1 (got {opts.nr_helical_asu})")
     if opts.whiten and opts.no_ctf:
@@ -184,46 +181,39 @@ def reconstruct_particle(opts, command=None):
         if n_hidden:
             warn(f"{n_hidden} particle(s) are not visible in any tilt image and contribute nothing.")
 
-        with OutputFolder(out_dir) as folder:
-            outputs = [out_dir + name for tag in ("half1", "half2", "merged")
-                       for name in (f"data_{tag}.mrc", f"weight_{tag}.mrc", f"{tag}.mrc", f"{tag}_full.mrc")]
-            outputs.append(out_dir + "note.txt")
-            refuse_inputs_as_outputs(outputs, [opts.i, files.particles, files.trajectories, files.manifolds]
-                                     + tomograms.input_files())
-            # RELION leaves the checkpoint folder temp/ behind, empty; a failed run removes it (and note.txt)
-            folder.makedirs(out_dir + "temp")
-            if not opts.pipeline_control:                       # RELION skips note.txt under pipeline control
-                folder.note(out_dir + "note.txt")
-                _write_note(out_dir, command or command_line(opts))
-            sh = s // 2 + 1
-            acc = np.zeros((n_acc, n_half, s, s, sh, 3))    # [..., (Re D, Im D, W)]
-            aberrations = aberration_tables(particles.optics, s, pixel_size)
-            tmp_root = out_dir + "temp/sum_"
-            start, previous = 0, -1
-            if opts.only_do_unfinished:
-                start, previous = _resume(tmp_root, len(tomograms), acc)
-            for tt in range(start, len(tomograms)):
-                check_abort(opts.pipeline_control)
-                tomo = tomograms.tomograms[tt]
-                geom = geoms.get(tomo.name)
-                if geom is None:
-                    continue
-                _backproject_tomogram(opts, square, threads, tomo, tt, len(tomograms), particles, geom, halves_of,
-                                      pixel_size, aberrations, acc)
-                if not opts.no_backup:
-                    _fold(acc)
-                    _write_checkpoint(tmp_root, tt, acc[0])
-                    if previous > -1:
-                        _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
-                    previous = tt
-            _fold(acc)
-            maps = []
-            if not opts.no_recon:
-                data = acc[0, ..., 0] + 1j * acc[0, ..., 1]
-                weight = acc[0, ..., 2].copy()
-                del acc
-                maps = _finalise(opts, out_dir, data, weight, operators, pixel_size, threads)
-                _remove(glob.glob(tmp_root + "*.mrc"))
+        os.makedirs(out_dir + "temp", exist_ok=True)
+        if not opts.pipeline_control:                       # RELION skips note.txt under pipeline control
+            _write_note(out_dir, command or command_line(opts))
+        sh = s // 2 + 1
+        acc = np.zeros((n_acc, n_half, s, s, sh, 3))    # [..., (Re D, Im D, W)]
+        aberrations = aberration_tables(particles.optics, s, pixel_size)
+        tmp_root = out_dir + "temp/sum_"
+        start, previous = 0, -1
+        if opts.only_do_unfinished:
+            start, previous = _resume(tmp_root, len(tomograms), acc)
+        for tt in range(start, len(tomograms)):
+            tomo = tomograms.tomograms[tt]
+            geom = geoms.get(tomo.name)
+            if geom is None:
+                continue
+            _backproject_tomogram(opts, square, threads, tomo, tt, len(tomograms), particles, geom, halves_of,
+                                  pixel_size, aberrations, acc)
+            if not opts.no_backup:
+                _fold(acc)
+                _write_checkpoint(tmp_root, tt, acc[0])
+                if previous > -1:
+                    _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
+                previous = tt
+        _fold(acc)
+        maps = []
+        if not opts.no_recon:
+            data = acc[0, ..., 0] + 1j * acc[0, ..., 1]
+            weight = acc[0, ..., 2].copy()
+            del acc
+            maps = _finalise(opts, out_dir, data, weight, operators, pixel_size, threads)
+            _remove(glob.glob(tmp_root + "*.mrc"))
+        if opts.pipeline_control:
+            open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
         return ReconstructParticleResult(output_dir=out_dir, maps=maps, n_particles=n_visible,
                                          n_slices=n_slices, pixel_size=pixel_size)
     finally:
@@ -297,7 +287,6 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
         ws = workspaces.get()
         # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5) unless --no_circle_crop
         spectra = extract_spectra(tomo.images, mine, ws.fft, not opts.no_circle_crop)
-        require_finite(spectra, mine.frame, tomo)
         slices, slice_w = weight_spectra(
             spectra, s, opts.bin, mine.shifts, mine.frame, groups[part], ctf_params[part], optics, binned_ps, -1.0,
             do_ctf, dose_w, even_gamma, odd_phase, noise_w, 1.0, False, x_ranges=x_ranges, float32_c=True,
@@ -312,7 +301,6 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
     with Progress(f"Backprojecting {tomo.name}", len(selection)) as bar:
         for _ in map_in_order(backproject, len(selection), threads):
             bar.advance(1)
-            check_abort(opts.pipeline_control)
 
 
 class _Workspace:

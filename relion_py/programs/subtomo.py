@@ -22,19 +22,15 @@ from ..tomography.half_grid import half_to_centred_full
 from ..kernels.tomography.extraction import crop_circle, weight_spectra
 from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_slices_forward
 from ..kernels.tomography.volume_filters import cone_weight, divide_heuristic, divide_wiener, taper
-from ..io.atomic import remove_stale_temporaries
-from ..io.output_folder import OutputFolder, refuse_inputs_as_outputs
-from ..runtime.job_control import check_abort
 from ..runtime.log import info, warn
 from ..tomography.noise import noise_weights
-from ..runtime.options import INPUT_GROUP, ProjectInputs, check_options, option, pipeline_control_option
+from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
 from ..runtime.parallel import BackgroundWriter, PerThread, map_in_order
 from ..runtime.progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
-from ..tomography.particle_tilts import (extract_spectra, extract_stack2d, particle_geometry, particle_tilt_items,
-                                         require_finite)
+from ..tomography.particle_tilts import extract_spectra, extract_stack2d, particle_geometry, particle_tilt_items
 
 IO = INPUT_GROUP
 BOX = "Box and binning"
@@ -90,7 +86,8 @@ class ExtractOptions(ProjectInputs):
                        "CTF-divided sum_div.mrc (3-D; debugging)", RUN)
     no_writing: bool = option(False, "Do not write the per-particle 3-D files (debugging, with --sum)", RUN)
     diag: bool = option(False, "Diagnostic output (" + NO_EFFECT + ")", RUN)
-    pipeline_control: str = pipeline_control_option(RUN)
+    pipeline_control: str = option("", "RELION pipeline control directory (RELION_JOB_EXIT_SUCCESS is written there)",
+                                   RUN, metavar="DIR")
 
 
 @dataclass
@@ -122,12 +119,6 @@ def derive_sizes(opts):
         raise RelionPyError(f"--bin {binning} cannot Fourier-crop a {square}-px square to --b {box}")
     if opts.min_frames < 0:
         raise RelionPyError("--min_frames must not be negative")
-    if not 0.0 <= opts.cutoff_fract <= 1.0:
-        raise RelionPyError(f"--cutoff_fract is a fraction of the dose weight: 0 to 1 (got {opts.cutoff_fract})")
-    if opts.taper < 0:
-        raise RelionPyError(f"--taper must not be negative (got {opts.taper})")
-    if opts.cone_weight and opts.cone_sig0 <= 0:
-        raise RelionPyError(f"--cone_sig0 must be positive (got {opts.cone_sig0})")
     if opts.j < 1:
         raise RelionPyError("--j must be at least 1")
     return Sizes(box=box, crop=crop, square=square, boundary=(box - crop) // 2)
@@ -170,7 +161,7 @@ def _reuse_freed_memory():
 
 def extract_subtomograms(opts, command=None):
     """Run relion_tomo_subtomo with ``opts`` (an :class:`ExtractOptions`); returns an :class:`ExtractResult`."""
-    check_options(opts)
+    check_supported(opts)
     for name in ("env", "diag"):
         if getattr(opts, name) != ExtractOptions.__dataclass_fields__[name].default:
             warn(f"--{name} has no effect (as in RELION 5, which parses but never uses it)")
@@ -189,32 +180,28 @@ def extract_subtomograms(opts, command=None):
     particles = ParticleSet(files.particles, tomograms)
     trajectories = Trajectories(files.trajectories) if files.trajectories else None
     try:
+        os.makedirs(out_dir, exist_ok=True)
+        _write_note(out_dir, command or command_line(opts))
         kept = _select_particles(opts, sizes, tomograms, particles, trajectories)
         n_removed = len(particles) - sum(len(g.rows) for g in kept.values())
+        if n_removed:
+            warn("One particle was removed because it was too close to the edge in all images." if n_removed == 1
+                 else f"{n_removed} particles were removed because they were too close to the edge in all images.")
         roots = _output_roots(out_dir, particles, kept)
-        inputs = [opts.i, files.particles, files.trajectories, files.manifolds] + tomograms.input_files()
-        refuse_inputs_as_outputs([out_dir + name for name in ("particles.star", "optimisation_set.star",
-                                                              "motion.star", "note.txt")], inputs)
-        refuse_inputs_as_outputs([f for root in roots.values() for f in output_files(opts, root)], inputs)
+        files_out = _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, trajectories, kept, roots,
+                                        n_removed)
         # QUIRK: aberrations are evaluated once, at binning × the pixel size of the first optics group
         aberrations = aberration_tables(particles.optics, sizes.box, opts.bin * particles.optics_pixel_size[0])
-        with OutputFolder(out_dir) as folder:
-            if remove_stale_temporaries(out_dir):
-                info("removed the temporary files of an interrupted earlier run")
-            folder.note(out_dir + "note.txt")
-            _write_note(out_dir, command or command_line(opts))
-            sums = _Sums(sizes.crop) if opts.sum and not opts.stack2d else None
-            n_images = 0
-            for tomo in tomograms:
-                if tomo.name in kept and len(kept[tomo.name].rows):
-                    check_abort(opts.pipeline_control)
-                    n_images += _extract_tomogram(opts, sizes, threads, tomo, particles, kept[tomo.name], roots,
-                                                  aberrations, folder, sums)
-            if sums is not None:
-                sums.write(opts, out_dir, opts.bin * tomograms.tomograms[0].pixel_size)
-            # the particle set last: it names files that exist only now (RELION writes it first)
-            files_out = _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, trajectories, kept,
-                                            roots, n_removed)
+        sums = _Sums(sizes.crop) if opts.sum and not opts.stack2d else None
+        n_images = 0
+        for tomo in tomograms:
+            if tomo.name in kept and len(kept[tomo.name].rows):
+                n_images += _extract_tomogram(opts, sizes, threads, tomo, particles, kept[tomo.name], roots,
+                                              aberrations, sums)
+        if sums is not None:
+            sums.write(opts, out_dir, opts.bin * tomograms.tomograms[0].pixel_size)
+        if opts.pipeline_control:
+            open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
         return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
                              n_particles=sum(len(g.rows) for g in kept.values()), n_removed=n_removed,
                              n_tilt_images=n_images)
@@ -231,26 +218,17 @@ def _select_particles(opts, sizes, tomograms, particles, trajectories):
     """The visibility pass of ``writeParticleSet``: per tomogram, the geometry of the particles that are
     visible in at least --min_frames frames (radius bin·crop/2, --max_dose)."""
     radius = opts.bin * sizes.crop / 2.0
-    kept, nowhere, too_few = {}, 0, 0
+    kept = {}
     for tomo in tomograms:
         rows = particles.rows_of(tomo.name)
         if not len(rows):
             continue
         geom = particle_geometry(particles, rows, tomo, not opts.dont_apply_offsets or opts.apply_orientations,
                                  radius, opts.max_dose, trajectories)
-        frames = geom.visible.sum(axis=1)
-        keep = frames >= max(opts.min_frames, 1)
-        nowhere += int((frames == 0).sum())
-        too_few += int(((frames > 0) & ~keep).sum())
+        keep = geom.visible.sum(axis=1) >= max(opts.min_frames, 1)
         for name in ("rows", "positions", "centres", "depth", "visible"):
             setattr(geom, name, getattr(geom, name)[keep])
         kept[tomo.name] = geom
-    # RELION says "too close to the edge in all images" for every dropped particle; say which rule dropped it
-    if nowhere:
-        dose = f" or above --max_dose {opts.max_dose:g}" if opts.max_dose > 0 else ""
-        warn(f"{nowhere} particle(s) removed: too close to the edge{dose} in all tilt images")
-    if too_few:
-        warn(f"{too_few} particle(s) removed: visible in fewer than --min_frames {opts.min_frames} tilt images")
     return kept
 
 
@@ -330,15 +308,15 @@ def _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, traje
     return particles_star, opt_path
 
 
-def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberrations, folder, sums=None):
+def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberrations, sums=None):
     """``processTomograms`` for one tomogram: returns the number of tilt images extracted."""
     suffix = "_stack2d.mrcs" if opts.stack2d else "_data.mrc"
-    todo = np.array([not (opts.only_do_unfinished and _finished(opts, roots[r])) for r in geom.rows], bool)
+    todo = np.array([not (opts.only_do_unfinished and os.path.exists(roots[r] + suffix)) for r in geom.rows], bool)
     selection = np.flatnonzero(todo)
     if opts.only_do_unfinished and len(selection) < len(geom.rows):
-        info(f"{tomo.name}: skipping {len(geom.rows) - len(selection)} particles whose output files all exist")
-    for path in sorted({os.path.dirname(roots[r]) for r in geom.rows}):
-        folder.makedirs(path)
+        info(f"{tomo.name}: skipping {len(geom.rows) - len(selection)} particles whose {suffix} file exists")
+    for folder in {os.path.dirname(roots[r]) for r in geom.rows}:
+        os.makedirs(folder, exist_ok=True)
     job = _TomogramJob(opts, sizes, threads, tomo, particles, geom, selection, aberrations)
     files = [roots[geom.rows[k]] for k in selection]
     writer = BackgroundWriter()
@@ -354,7 +332,6 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberra
                     if not opts.no_writing:
                         writer.submit(_write_volume_outputs, opts, files[k], *result, sizes.crop, job.pixel_size)
                 bar.advance(1)
-                check_abort(opts.pipeline_control)
     finally:
         writer.close()
     return int(job.bounds[-1])
@@ -403,13 +380,10 @@ class _TomogramJob:
                      self.optics, float(self.pixel_size), 1.0 if opts.no_ic else -1.0, self.do_ctf, self.dose_w,
                      self.even_gamma, self.odd_phase, self.noise_w, float(opts.bin) if opts.stack2d else 1.0)
         if opts.stack2d:
-            stack = extract_stack2d(self.tomo.images, items, weighting, ws.square, ws.box,
-                                    np.empty((n, sizes.crop, sizes.crop), np.float32), opts.circle_precrop,
-                                    sizes.boundary, not opts.no_circle_crop, opts.grid_precorr)
-            require_finite(stack, items.frame, self.tomo)
-            return stack
+            return extract_stack2d(self.tomo.images, items, weighting, ws.square, ws.box,
+                                   np.empty((n, sizes.crop, sizes.crop), np.float32), opts.circle_precrop,
+                                   sizes.boundary, not opts.no_circle_crop, opts.grid_precorr)
         spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop)
-        require_finite(spectra, items.frame, self.tomo)
         # the masked images need a decentred inverse FFT; without a mask the insertion wants D itself
         data, weights = weight_spectra(spectra, sizes.box, *weighting, self.crop, out=ws.box.spectra[:n],
                                        out_weights=ws.weights[:n])
@@ -489,30 +463,12 @@ def insertion_axes(rotations, frames, scale):
     return out
 
 
-def _finished(opts, root):
-    """Whether every output file of the particle exists (all of them are written under temporary names)."""
-    files = output_files(opts, root)
-    return bool(files) and all(os.path.exists(f) for f in files)
-
-
-def output_files(opts, root):
-    """The files of one particle whose output root is ``root``, in the order they are written: ``_data.mrc``
-    last, so that a run killed between them leaves a particle that ``--only_do_unfinished`` redoes."""
-    if opts.stack2d:
-        return [root + "_stack2d.mrcs"]
-    if opts.no_writing:
-        return []
-    extras = [("_weights.mrc", not opts.no_comb), ("_CTF2.mrc", opts.ctf), ("_multi.mrc", opts.multi),
-              ("_data_nrm.mrc", opts.nrm), ("_CTF2_nrm.mrc", opts.nrm), ("_div.mrc", opts.div)]
-    return [root + suffix for suffix, written in extras if written] + [root + "_data.mrc"]
-
-
 def _write_volume_outputs(opts, root, data, ctf_mult, s3, pixel_size):
-    """``<root>_weights.mrc``, the optional 3-D outputs and, last (see :func:`output_files`), ``_data.mrc``
-    of one particle."""
+    """``<root>_data.mrc``, ``_weights.mrc`` and the optional 3-D outputs of one particle."""
     import scipy.fft   # only the 3-D extras use it: not imported at start-up (0.1 s)
     inv_px = 1.0 / pixel_size
     f16 = opts.float16
+    write_mrc(root + "_data.mrc", data, pixel_size, float16=f16)
     if not opts.no_comb:
         write_mrc(root + "_weights.mrc", ctf_mult, inv_px, float16=f16)
     ctf, mult = ctf_mult[:s3], ctf_mult[s3:]
@@ -538,4 +494,3 @@ def _write_volume_outputs(opts, root, data, ctf_mult, s3, pixel_size):
         divided = scipy.fft.irfftn(spectrum, s=data.shape, norm="ortho")
         taper(divided, opts.taper, not opts.no_center)
         write_mrc(root + "_div.mrc", divided, pixel_size, float16=f16)
-    write_mrc(root + "_data.mrc", data, pixel_size, float16=f16)

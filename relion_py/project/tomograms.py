@@ -10,7 +10,7 @@ import numpy as np
 from ..runtime.errors import RelionPyError
 from ..tomography.geometry import tilt_projection_matrices
 from ..io.star import read_star
-from ..io.tilt_images import open_tilt_images, split_image_name
+from ..io.tilt_images import open_tilt_images
 from .tables import column, loop_block, require_columns
 
 GLOBAL_REQUIRED = ("rlnTomoName", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
@@ -166,15 +166,6 @@ class TomogramSet:
 
     def __iter__(self):
         return iter(self.tomograms)
-
-    def input_files(self):
-        """Every local file the set reads: tomograms.star, the tilt-series STAR files, the tilt images."""
-        files = [self.path]
-        for tomo in self.tomograms:
-            if "rlnTomoTiltSeriesStarFile" in tomo.row:
-                files.append(str(tomo.row["rlnTomoTiltSeriesStarFile"]))
-            files += sorted({split_image_name(name)[0] for name in tomo.micrograph_names})
-        return files
 
     def __len__(self):
         return len(self.tomograms)

@@ -7,7 +7,6 @@ argparse-dataclass cannot make), and :func:`parse_options` returns the dataclass
 """
 import argparse
 import dataclasses
-import math
 
 from .errors import RelionPyError
 
@@ -53,29 +52,18 @@ def build_parser(options_class, prog, description, epilog=None):
     return parser
 
 
-def check_options(options):
-    """Raise on any flag that is accepted by name but not implemented, and on any number that is not finite
-    (``--bin nan`` or ``--cutoff_fract inf`` would otherwise run and write all-zero or NaN files)."""
+def check_supported(options):
+    """Raise on any flag that is accepted by name but not implemented."""
     for f in dataclasses.fields(options):
-        value = getattr(options, f.name)
-        flag = f.metadata.get("flag") or f.name
         reason = f.metadata.get("unsupported")
-        if reason and value != f.default:
-            raise RelionPyError(f"option --{flag} is not supported: {reason}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise RelionPyError(f"--{flag} must be a finite number (got {value})")
+        if reason and getattr(options, f.name) != f.default:
+            raise RelionPyError(f"option --{f.metadata.get('flag') or f.name} is not supported: {reason}")
 
 
 def parse_options(options_class, argv, prog, description, epilog=None):
     """Parse ``argv`` (without the program name) into an ``options_class`` instance."""
     ns = build_parser(options_class, prog, description, epilog).parse_args(argv)
     return options_class(**vars(ns))
-
-
-def pipeline_control_option(group):
-    """RELION's ``--pipeline_control DIR`` (runtime/job_control.py), the same on every program."""
-    return option("", "RELION pipeline control directory: RELION_JOB_EXIT_* files are written there, and a "
-                  "RELION_JOB_ABORT_NOW file there stops the run", group, metavar="DIR")
 
 
 INPUT_GROUP = "Input and output"

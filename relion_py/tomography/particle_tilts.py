@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime.errors import RelionPyError
 from .geometry import project, visible_frames
 from ..kernels.tomography.extraction import crop_circle, stack2d_images
 
@@ -124,20 +123,6 @@ def extract_stack2d(images, items, weighting, square, box, out, circle_precrop, 
         pixels = square.real, np.zeros(n, np.int64)       # unused: the windows are in place
     return stack2d_images(*pixels, items.origins, gathered, weighting, square.kernel_args(), box.kernel_args(), out,
                           circle_precrop, boundary, do_crop, grid_precorrect)
-
-
-def require_finite(values, frames, tomogram):
-    """Raise if the tilt-image windows behind ``values`` ((n, ...) per tilt item: their spectra, or images made
-    from them) hold NaN or Inf: one such pixel spreads through the FFT over the whole window and then into
-    every map it is added to. RELION does not check; relion_py names the tilt image. ``frames``: (n,) frame
-    index of each item."""
-    n = len(frames)
-    sums = np.add.reduce(values[:n].reshape(n, -1), axis=1)     # NaN/Inf anywhere in a window → a non-finite sum
-    bad = np.flatnonzero(~np.isfinite(sums))
-    if len(bad):
-        frame = int(frames[bad[0]])
-        raise RelionPyError(f"tilt series {tomogram.name}: tilt image {tomogram.micrograph_names[frame]} (row {frame + 1}) "
-                            "holds NaN or Inf pixel values under a particle")
 
 
 def defocus_per_item(tomogram, geom, items):
