@@ -86,13 +86,13 @@ def _shell_power(vol):
 
 
 def test_fsc_regularisation(tmp_path):
-    """--fsc: an FSC of 1 everywhere (τ² → ∞) leaves the map as without --fsc; an FSC falling to 0 damps the
-    high frequencies and keeps the low ones."""
+    """--fsc: an FSC of 1 everywhere (τ² → ∞) leaves the map as without --fsc; an FSC of 1 up to shell 10
+    that falls to 0 at shell 20 keeps the low frequencies and damps the high ones."""
     plain, _ = reconstruct(tmp_path, "plain", ["--ctf"])
     perfect, _ = reconstruct(tmp_path, "perfect", ["--ctf", "--fsc", _fsc_file(tmp_path, [0.999999] * 25)])
     assert relion_compare.masked_corr(perfect, plain) > 0.999
     falling, _ = reconstruct(tmp_path, "falling", ["--ctf", "--fsc",
-                                                   _fsc_file(tmp_path, [max(0.0, 1 - i / 10) for i in range(25)])])
+                                                   _fsc_file(tmp_path, [min(0.999999, max(0.0, 2 - i / 10)) for i in range(25)])])
     high_plain, low_plain = _shell_power(plain)
     high, low = _shell_power(falling)
     assert high < 0.5 * high_plain and low == pytest.approx(low_plain, rel=0.2)
