@@ -40,7 +40,7 @@ from ..kernels.ctf import astigmatism_form, ctf_constants, ctf_image
 from ..runtime.log import info, warn
 from ..runtime.options import check_supported, option
 from ..runtime.progress import Progress
-from ..tomography.symmetry import point_group_operators
+from ..tomography.symmetry import helical_rotations, point_group_operators
 
 GEN = "General options"
 CTF = "CTF options"
@@ -779,8 +779,8 @@ def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, workers=1):
     n, pf = grid.ori_size, grid.pf
     enforce_hermitian_symmetry(data, weight)
     if opts.nr_helical_asu >= 2:
-        apply_helical_symmetry(data, weight, opts.nr_helical_asu, opts.helical_twist,
-                                  opts.helical_rise / angpix, grid.max_r2, n, pf)
+        hh, rotations = helical_rotations(opts.nr_helical_asu, opts.helical_twist)
+        apply_helical_symmetry(data, weight, hh, rotations, opts.helical_rise / angpix, grid.max_r2, n, pf)
     ops = point_group_operators(opts.sym)
     if len(ops):
         apply_point_group_symmetry(data, weight, ops, grid.max_r2)

@@ -155,32 +155,26 @@ def apply_point_group_symmetry(data, weight, operators, rmax2):
     weight[...] = sum_weight
 
 
-def apply_helical_symmetry(data, weight, nr_asu, twist_deg, rise_px, rmax2, ori_size, pf):
-    """Sum the grid over ``nr_asu`` helical asymmetric units, in place.
+def apply_helical_symmetry(data, weight, hh, rotations, rise_px, rmax2, ori_size, pf):
+    """Sum the grid over the helical asymmetric units, in place.
 
-    Mirrors ``BackProjector::applyHelicalSymmetry``: for hh in [-nr/2, -(-nr/2) + nr%2), hh != 0, rotate by
-    ``Rz(hh · (-twist))`` (RELION's ``rotation3DMatrix``, entries below 1e-6 zeroed), interpolate as in the
-    point-group sum and, if the rise is non-zero, phase-shift by ``z · (-hh · rise_px / (ori_size · pf))``.
-    rise_px: helical rise in pixels; pf: padding factor as float32-rounded double.
+    Mirrors ``BackProjector::applyHelicalSymmetry``: for each unit index hh (identity excluded) and its
+    rotation ``Rz(hh · (-twist))`` (both from ``tomography.symmetry.helical_rotations``), interpolate as in
+    the point-group sum and, if the rise is non-zero, phase-shift by ``z · (-hh · rise_px / (ori_size · pf))``.
+    hh: (m,) ints; rotations: (m, 3, 3) float64; rise_px: helical rise in pixels; pf: padding factor as
+    float32-rounded double.
     """
     check_grid(data, weight)
-    if nr_asu < 2:
+    if len(hh) == 0:
         return
     sum_data = data.copy()
     sum_weight = weight.copy()
-    h_min = -(nr_asu // 2)
-    h_max = -h_min + nr_asu % 2
-    for hh in range(h_min, h_max):
-        if hh == 0:
-            continue
-        ang = (hh * (-twist_deg)) * math.pi / 180.0
-        c, s = math.cos(ang), math.sin(ang)
-        rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-        rot[np.abs(rot) < 1e-6] = 0.0
+    for h, rot in zip(hh, rotations):
         zphase = 0.0
         if abs(rise_px) > 0.0:
-            zphase = hh * rise_px
+            zphase = h * rise_px
             zphase /= -(ori_size * pf)
-        _rotate_add(data, weight, sum_data, sum_weight, rot, float(rmax2), zphase)
+        _rotate_add(data, weight, sum_data, sum_weight, np.ascontiguousarray(rot, np.float64), float(rmax2),
+                    float(zphase))
     data[...] = sum_data
     weight[...] = sum_weight
