@@ -2,7 +2,7 @@
 known orientations.
 
 Mirrors ``Reconstructor`` (src/reconstructor.cpp: ``read``, ``initialise``, ``backprojectOneParticle``,
-``reconstruct``) on top of RELION's classic ``BackProjector`` (``relion_py.kernels.classic.backproject``).
+``reconstruct``) on top of RELION's classic ``BackProjector`` (``relion_py.kernels.classic``).
 Spec: reconstruction.md, part B.
 
 Inputs it reads: RELION 3.1+ particle STAR files (optics + particles tables, ``N@stack.mrcs`` 2-D images,
@@ -26,12 +26,21 @@ from ..tomography.geometry import euler_to_matrix
 from ..io.mrc import mmap_mrc, relion_float16_to_float32, write_mrc
 from ..io.star import read_star
 from ..io.tilt_images import split_image_name
-from ..kernels.classic import backproject as bp
-from ..kernels.ctf import astigmatism_form, ctf_constants
+from ..kernels.classic.fftw_arrays import center_fft_by_sign, shift_fourier, window_fourier_transform
+from ..kernels.classic.insertion import SlabEntries, backproject_2d_to_3d, backrotate_3d
+from ..kernels.classic.macros import relion_round
+from ..kernels.classic.mask import soft_mask_outside_map
+from ..kernels.classic.matrix2d import inverse_3x3
+from ..kernels.classic.padded_grid import new_accumulator, split_accumulator
+from ..kernels.classic.projector import decenter, gridding_correct
+from ..kernels.classic.reconstruct import (add_map_term, blob_multiply, fsc_tau2, ft_blob_table, gridding_update,
+                                          radial_floor_divide)
+from ..kernels.classic.symmetrise import apply_helical_symmetry, apply_point_group_symmetry, enforce_hermitian_symmetry
+from ..kernels.ctf import astigmatism_form, ctf_constants, ctf_image
 from ..runtime.log import info, warn
 from ..runtime.options import check_supported, option
 from ..runtime.progress import Progress
-from ..tomography.symmetry import point_group_operators
+from ..tomography.symmetry import helical_rotations, point_group_operators
 
 GEN = "General options"
 CTF = "CTF options"
@@ -523,16 +532,16 @@ class Grid:
     def create(cls, ori_size, pad, r_max, r_min_nn):
         pf32 = np.float32(pad)
         f = np.float32
-        P = bp.relion_round(float(f(r_max) * pf32))
+        P = relion_round(float(f(r_max) * pf32))
         r_max_ref = int(float(f(r_max) * pf32))
         return cls(ori_size=ori_size, pf32=pf32, r_max=r_max, P=P, pad=2 * (P + 1) + 1, max_r2=P * P,
-                   min_r2_nn=bp.relion_round(float(f(r_min_nn) * pf32)) ** 2,
+                   min_r2_nn=relion_round(float(f(r_min_nn) * pf32)) ** 2,
                    r_max_ref_2=r_max_ref * r_max_ref,
                    r_min_nn_ref_2=int(float(f(r_min_nn * r_min_nn) * pf32 * pf32)),
-                   round_max_r2=bp.relion_round(float(f(r_max) * pf32 * f(r_max) * pf32)))
+                   round_max_r2=relion_round(float(f(r_max) * pf32 * f(r_max) * pf32)))
 
     def accumulator(self):
-        return bp.new_accumulator(self.pad)
+        return new_accumulator(self.pad)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -549,7 +558,7 @@ class _Inserter:
         mats = euler_to_matrix(parts.angles[:, 0], parts.angles[:, 1], parts.angles[:, 2])
         ratio = (parts.box * parts.pixel) / (n_box * angpix)
         mats = mats * ratio[parts.groups][:, None, None]
-        self.ainv = np.array([bp.inverse_3x3(m) * grid.pf for m in mats]).reshape(-1, 3, 3)
+        self.ainv = np.array([inverse_3x3(m) * grid.pf for m in mats]).reshape(-1, 3, 3)
         self._ones = {}
         self._ctf_index = {}
 
@@ -579,7 +588,7 @@ class _Inserter:
         f /= float(img.size)
         t = parts.shifts_px[p]
         if abs(t[0]) > 0. or abs(t[1]) > 0. or abs(t[2]) > 0.:
-            bp.shift_fourier(f, n, t[:self.data_dim])
+            shift_fourier(f, n, t[:self.data_dim])
         premult = bool(parts.premultiplied[g])
         if self.data_dim == 2:
             if opts.ctf:
@@ -592,7 +601,7 @@ class _Inserter:
                                         f"contrast for {parts.names[p]}). Was a correct STAR file provided?")
                 consts = ctf_constants(c[0], c[4], c[7], c[5], c[8])
                 astig = astigmatism_form(c[1], c[2], c[3])
-                fctf = bp.ctf_image(n, parts.pixel[g], consts, astig, c[6], opts.ctf_phase_flipped,
+                fctf = ctf_image(n, parts.pixel[g], consts, astig, c[6], opts.ctf_phase_flipped,
                                     opts.only_flip_phases, opts.ctf_intact_first_peak)
                 if not premult:
                     f *= fctf
@@ -633,10 +642,10 @@ class _Inserter:
         """Direct insertion of one particle (for an image too large for the entry buffer)."""
         g, nn = self.grid, self.opts.NN
         if f.ndim == 2:
-            bp.backproject_2d_to_3d(acc, f, fctf, self.ainv[p], g.max_r2, g.min_r2_nn, nn=nn,
+            backproject_2d_to_3d(acc, f, fctf, self.ainv[p], g.max_r2, g.min_r2_nn, nn=nn,
                                     center_sign=True, zero_dc=True)
         else:
-            bp.backrotate_3d(acc, f, fctf, self.ainv[p], g.r_max_ref_2, g.r_min_nn_ref_2, nn=nn,
+            backrotate_3d(acc, f, fctf, self.ainv[p], g.r_max_ref_2, g.r_min_nn_ref_2, nn=nn,
                              center_sign=True, zero_dc=True)
 
     def ctf_volume(self, p, shape):
@@ -663,7 +672,7 @@ class _Inserter:
         if zs == ys:                                 # half transform: window to the data size
             if ys == n:
                 return vol, None
-            return bp.window_fourier_transform(np.asarray(vol, np.float64), n), None
+            return window_fourier_transform(np.asarray(vol, np.float64), n), None
         if zs != 2 * ys:
             raise RelionPyError(f"3D CTF volume {name} is {xs}x{ys}x{zs}: neither a half transform nor "
                                 "CTF + multiplicity (z = 2y)")
@@ -708,7 +717,7 @@ def _backproject_all(opts, parts, grid, n_box, angpix, data_dim, reader, threads
     n = len(parts.names)
     acc = grid.accumulator()
     plane = acc.shape[1] * acc.shape[2] * 24
-    buf = bp.SlabEntries(acc.shape[:3], max(2, SLAB_BYTES // plane), ENTRY_BUFFER_BYTES // 48)
+    buf = SlabEntries(acc.shape[:3], max(2, SLAB_BYTES // plane), ENTRY_BUFFER_BYTES // 48)
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
     def run(func, items):
@@ -742,7 +751,7 @@ def _backproject_all(opts, parts, grid, n_box, angpix, data_dim, reader, threads
     finally:
         if pool is not None:
             pool.shutdown()
-    return bp.split_accumulator(acc)
+    return split_accumulator(acc)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -768,24 +777,24 @@ def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, workers=1):
     ``BackProjector::symmetrise`` and ``BackProjector::reconstruct``). data, weight: the padded grid
     (modified). Returns (N, N, N) float64."""
     n, pf = grid.ori_size, grid.pf
-    bp.enforce_hermitian_symmetry(data, weight)
+    enforce_hermitian_symmetry(data, weight)
     if opts.nr_helical_asu >= 2:
-        bp.apply_helical_symmetry(data, weight, opts.nr_helical_asu, opts.helical_twist,
-                                  opts.helical_rise / angpix, grid.max_r2, n, pf)
+        hh, rotations = helical_rotations(opts.nr_helical_asu, opts.helical_twist)
+        apply_helical_symmetry(data, weight, hh, rotations, opts.helical_rise / angpix, grid.max_r2, n, pf)
     ops = point_group_operators(opts.sym)
     if len(ops):
-        bp.apply_point_group_symmetry(data, weight, ops, grid.max_r2)
+        apply_point_group_symmetry(data, weight, ops, grid.max_r2)
     oversampling = float(grid.pf32 * grid.pf32 * grid.pf32)
-    fweight = bp.decenter(weight, grid.max_r2)
+    fweight = decenter(weight, grid.max_r2)
     if opts.fsc:
-        tau2 = bp.fsc_tau2(weight, _read_fsc(opts.fsc, n), pf, oversampling, grid.max_r2)
-        bp.add_map_term(fweight, tau2, pf, oversampling, grid.max_r2)
+        tau2 = fsc_tau2(weight, _read_fsc(opts.fsc, n), pf, oversampling, grid.max_r2)
+        add_map_term(fweight, tau2, pf, oversampling, grid.max_r2)
     pad = grid.pad
     if not opts.dont_skip_gridding or opts.iter <= 0:
-        fconv = bp.decenter(data, grid.max_r2)
-        bp.radial_floor_divide(fconv, fweight, pf, grid.r_max, grid.round_max_r2)
+        fconv = decenter(data, grid.max_r2)
+        radial_floor_divide(fconv, fweight, pf, grid.r_max, grid.round_max_r2)
     else:
-        table, sampling = bp.ft_blob_table(opts.blob_r * 2., opts.blob_a, opts.blob_m)
+        table, sampling = ft_blob_table(opts.blob_r * 2., opts.blob_a, opts.blob_m)
         q = np.arange(pad)
         q = np.where(q < pad // 2 + 1, q, q - pad)
         r2 = q[:, None, None] ** 2 + q[None, :, None] ** 2 + np.arange(pad // 2 + 1)[None, None, :] ** 2
@@ -795,17 +804,17 @@ def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, workers=1):
             fconv = (fnewweight * fweight).astype(np.complex128)
             m = scipy.fft.irfftn(fconv, s=(pad, pad, pad), workers=workers)
             m *= float(pad) ** 3
-            bp.blob_multiply(m, table, sampling, size_pf)
+            blob_multiply(m, table, sampling, size_pf)
             fconv = scipy.fft.rfftn(m, workers=workers)
             fconv /= float(pad) ** 3
-            bp.gridding_update(fnewweight, fconv, grid.max_r2)
-        fconv = bp.decenter(data, grid.max_r2)
+            gridding_update(fnewweight, fconv, grid.max_r2)
+        fconv = decenter(data, grid.max_r2)
         fconv *= fnewweight
     # windowToOridimRealSpace
-    m_size = bp.relion_round(float(grid.pf32 * np.float32(n)))
+    m_size = relion_round(float(grid.pf32 * np.float32(n)))
     m_size += m_size % 2
-    g = bp.window_fourier_transform(fconv, m_size)
-    bp.center_fft_by_sign(g)
+    g = window_fourier_transform(fconv, m_size)
+    center_fft_by_sign(g)
     vol = scipy.fft.irfftn(g, s=(m_size,) * 3, workers=workers)
     vol *= float(m_size) ** 3
     c0 = m_size // 2 - n // 2
@@ -815,9 +824,9 @@ def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, workers=1):
     else:
         normfft = float(grid.pf32 * grid.pf32 * grid.pf32 * np.float32(n))
     vol /= normfft
-    bp.soft_mask_outside_map(vol)
+    soft_mask_outside_map(vol)
     sinc_power = 1 if (opts.NN and opts.r_min_nn == 0) else 2
-    bp.gridding_correct(vol, float(np.float32(n) * grid.pf32), sinc_power)
+    gridding_correct(vol, float(np.float32(n) * grid.pf32), sinc_power)
     return vol
 
 

@@ -48,9 +48,6 @@ __all__ = [
 #: XMIPP_EQUAL_ACCURACY of a double-precision RELION build (macros.h).
 EQUAL_ACCURACY = 1e-6
 
-#: macros.h PI (equals math.pi as a double).
-_PI = 3.14159265358979323846
-
 _GROUP_HELP = ("expected C<n>, Ci, Cs, C<n>v, C<n>h, S<n> (n even), D<n>, D<n>v, D<n>h, "
                "T, Td, Th, O, Oh, I, I1..I4, Ih, I1h..I4h (n = 1..99), or a symmetry file")
 
@@ -306,7 +303,7 @@ def _set_small_to_zero(a: list[list[float]], acc: float = EQUAL_ACCURACY) -> Non
 
 def _rotation_z(ang_deg: float) -> list[list[float]]:
     """``rotation3DMatrix(ang, 'Z')`` (homogeneous 4x4): active rotation by +ang."""
-    ang = ang_deg * _PI / 180          # DEG2RAD: (d * PI) / 180
+    ang = ang_deg * math.pi / 180          # DEG2RAD: (d * PI) / 180
     c = math.cos(ang)
     s = math.sin(ang)
     r = _zeros4()

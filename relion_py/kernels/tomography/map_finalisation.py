@@ -20,8 +20,6 @@ import scipy.fft
 
 from .._jit import njit
 
-PI = 3.14159265358979323846
-
 
 @njit(parallel=True)
 def _symmetrise(data, weight, ops, out_data, out_weight):
@@ -92,7 +90,7 @@ def _symmetrise(data, weight, ops, out_data, out_weight):
                     ty = r[1, 3]
                     tz = r[2, 3]
                     if tx != 0.0 or ty != 0.0 or tz != 0.0:
-                        dotp = 2.0 * PI * ((xx / w) * tx + (yy / h) * ty + (zz / d) * tz)
+                        dotp = 2.0 * math.pi * ((xx / w) * tx + (yy / h) * ty + (zz / d) * tz)
                         val = val * complex(math.cos(dotp), math.sin(dotp))
                     acc += val
                 out_data[z, y, x] = acc / (sc + 1)
@@ -139,7 +137,7 @@ def gridding_correct(data, threads=1):
     r = np.sqrt(c[None, None, :] ** 2 + c[None, :, None] ** 2 + c[:, None, None] ** 2)
     rho = r / s
     with np.errstate(invalid="ignore", divide="ignore"):
-        sinc = np.sin(PI * rho) / (PI * rho)
+        sinc = np.sin(math.pi * rho) / (math.pi * rho)
     sinc2 = sinc * sinc
     div = np.where((sinc2 < 1e-2) | (rho > 1.0), 1e-2, sinc2)
     div[r == 0] = 1.0
@@ -205,7 +203,7 @@ def taper(vol, dist, subtract_mean=True):
     r = np.sqrt(c[None, None, :] ** 2 + c[:, None, None] ** 2 + c[None, :, None] ** 2)
     inside = r < m
     with np.errstate(invalid="ignore", divide="ignore"):
-        edge = np.where(r < m - dist, 1.0, 0.5 - 0.5 * np.cos(PI * (m - r) / dist))
+        edge = np.where(r < m - dist, 1.0, 0.5 - 0.5 * np.cos(math.pi * (m - r) / dist))
     edge = np.where(inside, edge, 0.0)
     mean = 0.0
     if subtract_mean:

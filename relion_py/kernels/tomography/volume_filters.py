@@ -14,8 +14,6 @@ import numpy as np
 
 from .._jit import njit
 
-PI = 3.14159265358979323846
-
 
 @njit
 def _cone_weight(spectra, ctf_mult, rotations, slope, sig0):
@@ -54,7 +52,7 @@ def cone_weight(spectra, ctf_mult, rotations, cone_angle, cone_sig0):
     cone_angle: degrees (full opening angle); cone_sig0: width at z = 0 (px)
     """
     if spectra.shape[0]:
-        slope = math.sin(cone_angle * 0.5 * PI / 180.0)
+        slope = math.sin(cone_angle * 0.5 * math.pi / 180.0)
         _cone_weight(spectra, ctf_mult, np.ascontiguousarray(rotations, np.float64), slope, float(cone_sig0))
 
 
@@ -168,7 +166,7 @@ def _taper(img, dist, do_center):
                     dx, dy, dz = x - m, y - m, z - m
                     r = math.sqrt(dx * dx + dy * dy + dz * dz)
                     if r < m:
-                        c = 1.0 if r < m - dist else 0.5 - 0.5 * math.cos(PI * (m - r) / dist)
+                        c = 1.0 if r < m - dist else 0.5 - 0.5 * math.cos(math.pi * (m - r) / dist)
                         inner_avg += c * img[z, y, x]
                         inner_wgh += c
         inner_avg /= inner_wgh
@@ -178,7 +176,7 @@ def _taper(img, dist, do_center):
                 dx, dy, dz = x - m, y - m, z - m
                 r = math.sqrt(dx * dx + dy * dy + dz * dz)
                 if r < m:
-                    c = 1.0 if r < m - dist else 0.5 - 0.5 * math.cos(PI * (m - r) / dist)
+                    c = 1.0 if r < m - dist else 0.5 - 0.5 * math.cos(math.pi * (m - r) / dist)
                     img[z, y, x] = np.float32(c * (img[z, y, x] - inner_avg))
                 else:
                     img[z, y, x] = 0.0
