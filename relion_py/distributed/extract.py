@@ -4,6 +4,7 @@ the worker fetches itself) and writing their finished files into the shared outp
 rename). The client writes particles.star and optimisation_set.star once every task has finished."""
 import os
 import threading
+import uuid
 
 from ..programs.subtomo import ExtractionRun, extract_subtomograms
 from ..runtime.errors import RelionPyError
@@ -17,7 +18,7 @@ _cache = {"key": None, "run": None}
 _cache_lock = threading.Lock()
 
 
-def extract_on_cluster(opts, command=None, batch=BATCH):
+def extract_on_cluster(opts, command=None, batch=None):
     """:func:`relion_py.programs.subtomo.extract_subtomograms` with its batches run as Dask tasks."""
     if opts.sum and not opts.stack2d:
         raise RelionPyError("--sum is not supported on a cluster (its float32 sums depend on the particle order)")
@@ -27,7 +28,7 @@ def extract_on_cluster(opts, command=None, batch=BATCH):
 
     def run_batches(run):
         with connect(opts) as client:
-            return _run_tasks(client, worker_opts, run.batches(batch), os.getcwd())
+            return _run_tasks(client, worker_opts, run.batches(batch or BATCH), os.getcwd())
 
     return extract_subtomograms(worker_opts, command=without_cluster_flags(command) if command else None,
                                 run_batches=run_batches)
@@ -35,8 +36,9 @@ def extract_on_cluster(opts, command=None, batch=BATCH):
 
 def _run_tasks(client, opts, batches, cwd):
     from distributed import as_completed
-    info(f"Extracting {len(batches)} batches of up to {BATCH} particles on {_describe(client)}")
-    futures = [client.submit(extract_batch, opts, cwd, *b, key=f"relion-py-extract-{k}-{os.getpid()}", pure=False)
+    info(f"Extracting {len(batches)} batches of particles on {_describe(client)}")
+    run_id = uuid.uuid4().hex
+    futures = [client.submit(extract_batch, opts, cwd, *b, key=f"relion-py-extract-{run_id}-{k}", pure=False)
                for k, b in enumerate(batches)]
     n_images = 0
     try:

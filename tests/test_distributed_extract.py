@@ -1,0 +1,129 @@
+"""relion-py-extract on a Dask cluster writes exactly the single-process run's files: a LocalCluster of two
+worker processes (--workers 2, 2-D and 3-D), a scheduler started from a scheduler file, a task failing on bad input."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, working_directory
+from relion_py.cli.extract import main
+
+pytest.importorskip("distributed")
+
+BASE = ["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star", "--j", "1"]
+MODES = {"2d": ["--stack2d", "--b", "32", "--crop", "24"], "3d": ["--b", "32", "--crop", "16", "--ctf"]}
+
+
+@pytest.fixture
+def project(tmp_path):
+    dest = tmp_path / "project" / "synthetic"
+    shutil.copytree(FIXTURES / "synthetic", dest, ignore=shutil.ignore_patterns("ground_truth", "spa2d"))
+    return dest.parent
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Several tasks per tomogram (the fixture has 23 particles)."""
+    import relion_py.distributed.extract as distributed_extract
+    monkeypatch.setattr(distributed_extract, "BATCH", 5)
+
+
+def without_time_stamp(path):
+    """The file's bytes; for MRC files without the time stamp of label 0 ("Relion    06-Dec-26  01:13:45"),
+    which differs between any two runs, single-process ones included."""
+    raw = bytearray(path.read_bytes())
+    if path.suffix in (".mrc", ".mrcs"):
+        assert raw[224:234] == b"Relion    "
+        raw[234:254] = bytes(20)
+    return bytes(raw)
+
+
+def files_of(folder):
+    return {str(p.relative_to(folder)): without_time_stamp(p) for p in sorted(Path(folder).rglob("*"))
+            if p.is_file()}
+
+
+def run_twice(argv, cluster_flags):
+    """The single-process run into out/ (then moved to single/), and the cluster run into out/: the same
+    command line but for the cluster flags (the output paths in the STAR files and note.txt are the same)."""
+    assert main(argv + ["--o", "out/"]) == 0
+    os.rename("out", "single")
+    assert main(argv + ["--o", "out/"] + cluster_flags) == 0
+
+
+def assert_same_files(a, b):
+    fa, fb = files_of(a), files_of(b)
+    assert sorted(fa) == sorted(fb)
+    assert len(fa) > 3
+    different = [name for name in fa if fa[name] != fb[name]]
+    assert not different, different
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_two_local_workers_write_the_single_process_files(project, mode, small_batches):
+    argv = BASE + MODES[mode]
+    with working_directory(project):
+        run_twice(argv, ["--workers", "2"])
+    assert_same_files(project / "single", project / "out")
+
+
+def test_only_do_unfinished_across_runs(project, small_batches):
+    argv = BASE + MODES["2d"] + ["--only_do_unfinished"]
+    with working_directory(project):
+        run_twice(argv, ["--workers", "2"])
+        stacks = sorted((project / "out" / "Subtomograms").rglob("*_stack2d.mrcs"))
+        for p in stacks[::2]:
+            p.unlink()
+        kept = {p: p.stat().st_mtime_ns for p in stacks[1::2]}
+        assert main(argv + ["--o", "out/", "--workers", "2"]) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    assert all(p.exists() for p in stacks)
+    assert_same_files(project / "single", project / "out")
+
+
+def test_scheduler_file(project, tmp_path, small_batches):
+    scheduler_file = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    procs = [subprocess.Popen(dask + ["--scheduler-file", str(scheduler_file), "--port", "0",
+                                      "--dashboard-address", ":0"], stderr=subprocess.DEVNULL)]
+    try:
+        while not scheduler_file.exists():
+            assert procs[0].poll() is None
+            time.sleep(0.2)
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                       str(scheduler_file), "--nthreads", "1", "--no-dashboard"],
+                                      stderr=subprocess.DEVNULL))
+        argv = BASE + MODES["2d"]
+        with working_directory(project):
+            run_twice(argv, ["--scheduler_file", str(scheduler_file)])
+        assert_same_files(project / "single", project / "out")
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=60)
+
+
+def test_failing_task_gives_the_single_process_error(project, capsys):
+    argv = BASE + MODES["2d"]
+    images = project / "synthetic" / "tilt_series"
+    mrc = next(p for p in images.iterdir() if p.suffix in (".mrc", ".mrcs", ".st"))
+    mrc.write_bytes(mrc.read_bytes()[:2048])   # truncated pixel data: readable header, failing windows
+    with working_directory(project):
+        single = main(argv + ["--o", "single/"])
+        err_single = capsys.readouterr().err.strip().splitlines()[-1]
+        cluster = main(argv + ["--o", "cluster/", "--workers", "2"])
+        err_cluster = capsys.readouterr().err.strip().splitlines()[-1]
+    assert single == cluster == 1
+    assert err_cluster == err_single
+    assert not (project / "cluster" / "particles.star").exists()
+
+
+def test_no_dask_import_on_the_single_process_path():
+    out = subprocess.run([sys.executable, "-c", "import sys, relion_py.cli.extract, relion_py.programs.subtomo; "
+                          "print(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))"],
+                         capture_output=True, text=True, check=True, env={**os.environ})
+    assert out.stdout.strip() == "False"
