@@ -108,18 +108,19 @@ def test_scheduler_file(project, tmp_path, small_batches):
 
 
 def test_failing_task_gives_the_single_process_error(project, capsys):
-    argv = BASE + MODES["2d"]
-    images = project / "synthetic" / "tilt_series"
-    mrc = next(p for p in images.iterdir() if p.suffix in (".mrc", ".mrcs", ".st"))
-    mrc.write_bytes(mrc.read_bytes()[:2048])   # truncated pixel data: readable header, failing windows
+    """A task that fails (here: its output folder cannot be made) stops the run with the single-process error."""
+    argv = BASE + MODES["2d"] + ["--o", "out/"]
+    errors = []
     with working_directory(project):
-        single = main(argv + ["--o", "single/"])
-        err_single = capsys.readouterr().err.strip().splitlines()[-1]
-        cluster = main(argv + ["--o", "cluster/", "--workers", "2"])
-        err_cluster = capsys.readouterr().err.strip().splitlines()[-1]
-    assert single == cluster == 1
-    assert err_cluster == err_single
-    assert not (project / "cluster" / "particles.star").exists()
+        for cluster_flags in ([], ["--workers", "2"]):
+            shutil.rmtree("out", ignore_errors=True)
+            os.makedirs("out/Subtomograms")
+            Path("out/Subtomograms/TS_01").write_text("a file where the particles' folder should be")
+            assert main(argv + cluster_flags) == 1
+            errors.append(capsys.readouterr().err.strip().splitlines()[-1])
+            assert not Path("out/particles.star").exists() or not cluster_flags
+    assert errors[0] == errors[1]
+    assert errors[0].startswith("relion-py-extract: error: cannot create the output folder out/Subtomograms/TS_01")
 
 
 def test_no_dask_import_on_the_single_process_path():

@@ -40,17 +40,22 @@ def _run_tasks(client, opts, batches, cwd):
     run_id = uuid.uuid4().hex
     futures = [client.submit(extract_batch, opts, cwd, *b, key=f"relion-py-extract-{run_id}-{k}", pure=False)
                for k, b in enumerate(batches)]
-    n_images = 0
+    n_images, error = 0, None
     try:
         for future in as_completed(futures):
+            if future.status == "error":      # the task's own exception: raised as the single-process path raises it
+                error = future.exception()
+                break
+            if future.status != "finished":   # cancelled: the scheduler is gone
+                raise OSError(f"task {future.key} was {future.status}")
             n_images += future.result()
-    except RelionPyError:
-        raise
     except (OSError, TimeoutError) as e:
-        raise RelionPyError(f"lost the Dask scheduler ({type(e).__name__}: {e}); the finished particles are kept: "
-                            "rerun with --only_do_unfinished to complete the run") from None
+        raise RelionPyError(f"lost the Dask scheduler ({e}); the finished particles are kept: rerun with "
+                            "--only_do_unfinished to complete the run") from None
     finally:
         client.cancel(futures)
+    if error is not None:
+        raise error
     return n_images
 
 

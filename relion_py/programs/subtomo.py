@@ -363,8 +363,11 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, part, roots, 
     selection = part.start + np.flatnonzero(todo)
     if opts.only_do_unfinished and len(selection) < len(rows):
         info(f"{tomo.name}: skipping {len(rows) - len(selection)} particles whose {suffix} file exists")
-    for folder in {os.path.dirname(roots[r]) for r in rows}:
-        os.makedirs(folder, exist_ok=True)
+    for folder in sorted({os.path.dirname(roots[r]) for r in rows}):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise RelionPyError(f"cannot create the output folder {folder}: {e.strerror or e}") from None
     job = _TomogramJob(opts, sizes, threads, tomo, particles, geom, selection, aberrations)
     files = [roots[geom.rows[k]] for k in selection]
     writer = BackgroundWriter()
