@@ -16,10 +16,11 @@ pseudo-subtomograms (<particle>_data.mrc + _weights.mrc), <o>/particles.star, <o
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     opts = parse_options(ExtractOptions, argv, PROG, DESCRIPTION)
-    return run_cli(PROG, lambda: _run(opts, [PROG] + argv))
+    return run_cli(PROG, lambda: run_extraction(opts, [PROG] + argv))
 
 
-def _run(opts, command):
+def run_extraction(opts, command):
+    """Extract on this process, or on the Dask cluster the cluster flags name."""
     if wants_cluster(opts):
         from ..distributed.extract import extract_on_cluster   # Dask only when asked for (start-up time)
         return extract_on_cluster(opts, command=command)

@@ -4,6 +4,8 @@ from contextlib import contextmanager
 
 from ..runtime.errors import RelionPyError
 
+_mpi_started = []   # dask_mpi.initialize runs once per process
+
 
 @contextmanager
 def connect(opts):
@@ -35,8 +37,11 @@ def connect(opts):
 def start_mpi():
     """--mpi, before the program reads anything: ranks 0 (scheduler) and >= 2 (workers) serve until the client
     ends and never return from here; rank 1 returns and runs the program as the client."""
+    if _mpi_started:
+        return
     try:
         import dask_mpi
     except ImportError:
         raise RelionPyError("--mpi needs dask-mpi and mpi4py: pip install 'relion_py[mpi]'") from None
+    _mpi_started.append(True)
     dask_mpi.initialize(nthreads=1, local_directory=os.environ.get("TMPDIR", "/tmp"), dashboard=False)

@@ -29,6 +29,7 @@ from ..io.tilt_images import split_image_name
 from ..kernels.classic import backproject as bp
 from ..kernels.ctf import astigmatism_form, ctf_constants
 from ..runtime.log import info, warn
+from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import check_supported, option
 from ..runtime.progress import Progress
 from ..tomography.symmetry import point_group_operators
@@ -58,7 +59,7 @@ UNSUPPORTED_OPTICS = {
 
 
 @dataclass
-class ReconstructImagesOptions:
+class ReconstructImagesOptions(ClusterOptions):
     """Options of relion_reconstruct (same names; ``class_`` is --class, ``three_d_rot`` is --3d_rot)."""
 
     i: str = option("", "Input STAR file with the projection images and their orientations", GEN)
