@@ -24,7 +24,7 @@ from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_sl
 from ..kernels.tomography.volume_filters import cone_weight, divide_heuristic, divide_wiener, taper
 from ..runtime.log import info, warn
 from ..tomography.noise import noise_weights
-from ..runtime.cluster_options import ClusterOptions
+from ..runtime.cluster_options import ClusterOptions, wants_cluster
 from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
 from ..runtime.parallel import BackgroundWriter, PerThread, map_in_order
 from ..runtime.progress import Progress
@@ -168,6 +168,8 @@ def extract_subtomograms(opts, command=None, run_batches=None):
     cluster, relion_py.distributed) and returns the number of tilt images extracted. particles.star and
     optimisation_set.star are then written after the particle files, as the last step."""
     check_supported(opts)
+    if wants_cluster(opts):
+        raise RelionPyError("the cluster flags need relion_py.distributed.extract.extract_on_cluster")
     for name in ("env", "diag"):
         if getattr(opts, name) != ExtractOptions.__dataclass_fields__[name].default:
             warn(f"--{name} has no effect (as in RELION 5, which parses but never uses it)")
