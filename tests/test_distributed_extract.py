@@ -182,3 +182,47 @@ def test_mpirun(project):
                               capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_files(project / "single", project / "out")
+
+
+def test_lost_scheduler_then_only_do_unfinished(project, tmp_path, capsys, monkeypatch):
+    """The scheduler dies mid-run: one clear error line, exit 1, no particles.star; a rerun with
+    --only_do_unfinished (here on a local cluster) completes the single-process files."""
+    import signal
+    import threading
+
+    import relion_py.distributed.extract as distributed_extract
+    monkeypatch.setattr(distributed_extract, "BATCH", 1)
+    scheduler_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file",
+                               str(scheduler_file), "--port", "0", "--dashboard-address", ":0"],
+                              stderr=subprocess.DEVNULL)]
+    argv = BASE + MODES["3d"] + ["--only_do_unfinished"]
+    try:
+        while not scheduler_file.exists():
+            assert procs[0].poll() is None
+            time.sleep(0.2)
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                       str(scheduler_file), "--nthreads", "1", "--no-dashboard"],
+                                      stderr=subprocess.DEVNULL))
+        with working_directory(project):
+            assert main(argv + ["--o", "out/"]) == 0
+            os.rename("out", "single")
+            capsys.readouterr()
+            status = []
+            run = threading.Thread(target=lambda: status.append(
+                main(argv + ["--o", "out/", "--scheduler_file", str(scheduler_file)])))
+            run.start()
+            while run.is_alive() and not list(Path("out").rglob("*_data.mrc")):
+                time.sleep(0.01)
+            procs[0].send_signal(signal.SIGKILL)
+            run.join()
+            assert status == [1]
+            assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+                "relion-py-extract: error: lost the Dask scheduler")
+            assert not Path("out/particles.star").exists()
+            assert main(argv + ["--o", "out/", "--workers", "2"]) == 0
+    finally:
+        for p in reversed(procs):
+            p.kill()
+            p.wait(timeout=60)
+    assert_same_files(project / "single", project / "out")

@@ -1,4 +1,5 @@
 """The cluster flags every program shares, and the Dask client they connect."""
+import logging
 import os
 from contextlib import contextmanager
 
@@ -14,6 +15,10 @@ def connect(opts):
         from distributed import Client, LocalCluster
     except ImportError:
         raise RelionPyError("the cluster flags need Dask distributed: pip install 'relion_py[distributed]'") from None
+    # Dask's own log: warnings only, and none of the client's reconnection tracebacks (a lost scheduler is
+    # reported as one error line by the program)
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     if opts.mpi:   # start_mpi() made this process the client of the scheduler on rank 0
         with Client() as client:
             yield client
