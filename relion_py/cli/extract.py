@@ -3,6 +3,7 @@ import sys
 
 from ..runtime.options import parse_options
 from ..programs.subtomo import ExtractOptions, extract_subtomograms
+from ..runtime.cluster_options import wants_cluster
 from .common import run_cli
 
 PROG = "relion-py-extract"
@@ -15,7 +16,15 @@ pseudo-subtomograms (<particle>_data.mrc + _weights.mrc), <o>/particles.star, <o
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     opts = parse_options(ExtractOptions, argv, PROG, DESCRIPTION)
-    return run_cli(PROG, lambda: extract_subtomograms(opts, command=[PROG] + argv))
+    return run_cli(PROG, lambda: run_extraction(opts, [PROG] + argv))
+
+
+def run_extraction(opts, command):
+    """Extract on this process, or on the Dask cluster the cluster flags name."""
+    if wants_cluster(opts):
+        from ..distributed.extract import extract_on_cluster   # Dask only when asked for (start-up time)
+        return extract_on_cluster(opts, command=command)
+    return extract_subtomograms(opts, command=command)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ import sys
 from ..runtime.log import info
 from ..runtime.options import parse_options
 from ..portal import PortalOptions, make_portal_project
-from ..programs.subtomo import ExtractOptions, extract_subtomograms
+from ..programs.subtomo import ExtractOptions
+from ..runtime.cluster_options import wants_cluster
 from .common import run_cli
+from .extract import run_extraction
 
 PROG = "relion-py-portal"
 DESCRIPTION = """Write a RELION 5 project (tomograms.star, tilt_series/*.star, particles.star with one optics
@@ -45,13 +47,16 @@ def main(argv=None):
                                      "relion-py-extract options (after '--')")
 
     def run():
+        if split < len(argv) and wants_cluster(extract_opts) and extract_opts.mpi:
+            from ..distributed.cluster import start_mpi
+            start_mpi()   # before the portal project is made: only the client (rank 1) makes it
         project = make_portal_project(opts, command=[PROG] + argv)
         info(f"wrote {project.optimisation_set}: {len(project.tomograms)} tilt series, "
              f"{project.n_particles} particles")
         if split < len(argv):
             extract_opts.i = project.optimisation_set
-            extract_subtomograms(extract_opts, command=["relion-py-extract"] + extract_argv
-                                 + ["--i", project.optimisation_set])
+            run_extraction(extract_opts, command=["relion-py-extract"] + extract_argv
+                           + ["--i", project.optimisation_set])
     return run_cli(PROG, run)
 
 

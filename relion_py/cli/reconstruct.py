@@ -8,6 +8,8 @@ from ..io.star import read_star
 from ..runtime.options import build_parser, parse_options
 from ..programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 from ..programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
+from ..runtime.cluster_options import cluster_defaults, wants_cluster, without_cluster_flags
+from ..runtime.log import warn
 from .common import run_cli
 
 PROG = "relion-py-reconstruct"
@@ -69,7 +71,17 @@ def parse_image_options(argv):
 
 def _tilt_series(argv):
     opts = parse_options(ReconstructParticleOptions, argv, PROG, "Tilt-series mode (relion_tomo_reconstruct_particle)")
-    reconstruct_particle(opts, command=[PROG] + list(argv))
+    reconstruct_particle(single_process(opts), command=[PROG] + without_cluster_flags(list(argv)))
+
+
+def single_process(opts):
+    """Reconstruction runs in this process for now (the distributed partition into accumulators is not built
+    yet): the cluster flags are accepted and say so; --mpi is refused (every rank would write the same files)."""
+    if wants_cluster(opts):
+        if opts.mpi:
+            raise RelionPyError("--mpi is not supported by relion-py-reconstruct yet: run it without mpirun")
+        warn("relion-py-reconstruct does not run on a Dask cluster yet: reconstructing in this process (--j threads)")
+    return cluster_defaults(opts)
 
 
 def main(argv=None, mode=None):
@@ -87,7 +99,7 @@ def main(argv=None, mode=None):
     if mode == "tilt_series":
         return run_cli(PROG, lambda: _tilt_series(argv))
     opts = parse_image_options(argv)
-    return run_cli(PROG, lambda: reconstruct_images(opts))
+    return run_cli(PROG, lambda: reconstruct_images(single_process(opts)))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from ..kernels.classic.reconstruct import (add_map_term, blob_multiply, fsc_tau2
 from ..kernels.classic.symmetrise import apply_helical_symmetry, apply_point_group_symmetry, enforce_hermitian_symmetry
 from ..kernels.ctf import astigmatism_form, ctf_constants, ctf_image
 from ..runtime.log import info, warn
+from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import check_supported, option
 from ..runtime.progress import Progress
 from ..tomography.symmetry import helical_rotations, point_group_operators
@@ -67,7 +68,7 @@ UNSUPPORTED_OPTICS = {
 
 
 @dataclass
-class ReconstructImagesOptions:
+class ReconstructImagesOptions(ClusterOptions):
     """Options of relion_reconstruct (same names; ``class_`` is --class, ``three_d_rot`` is --3d_rot)."""
 
     i: str = option("", "Input STAR file with the projection images and their orientations", GEN)

@@ -29,6 +29,7 @@ from ..kernels.tomography.extraction import weight_spectra
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
 from ..runtime.log import info, warn
 from ..tomography.noise import noise_weights
+from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import ProjectInputs, check_supported, option
 from ..runtime.parallel import PerThread, map_in_order
 from ..runtime.progress import Progress
@@ -44,7 +45,7 @@ RUN = "Running"
 
 
 @dataclass
-class ReconstructParticleOptions(ProjectInputs):
+class ReconstructParticleOptions(ClusterOptions, ProjectInputs):
     """Options of relion_tomo_reconstruct_particle (same names; booleans are its switches)."""
 
     b: int = option(None, "Box size of the reconstruction, in binned pixels", REC, required=True)

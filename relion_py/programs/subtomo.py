@@ -24,6 +24,7 @@ from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_sl
 from ..kernels.tomography.volume_filters import cone_weight, divide_heuristic, divide_wiener, taper
 from ..runtime.log import info, warn
 from ..tomography.noise import noise_weights
+from ..runtime.cluster_options import ClusterOptions, wants_cluster
 from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
 from ..runtime.parallel import BackgroundWriter, PerThread, map_in_order
 from ..runtime.progress import Progress
@@ -42,7 +43,7 @@ NO_EFFECT = "accepted for compatibility: RELION parses it but it has no effect o
 
 
 @dataclass
-class ExtractOptions(ProjectInputs):
+class ExtractOptions(ClusterOptions, ProjectInputs):
     """Options of relion_tomo_subtomo (same names; booleans are its switches)."""
 
     b: int = option(None, "Box size of the extracted 2-D images, in binned pixels", BOX, required=True)
@@ -159,9 +160,16 @@ def _reuse_freed_memory():
         pass
 
 
-def extract_subtomograms(opts, command=None):
-    """Run relion_tomo_subtomo with ``opts`` (an :class:`ExtractOptions`); returns an :class:`ExtractResult`."""
+def extract_subtomograms(opts, command=None, run_batches=None):
+    """Run relion_tomo_subtomo with ``opts`` (an :class:`ExtractOptions`); returns an :class:`ExtractResult`.
+
+    ``run_batches``: None extracts every tomogram here, on --j threads; otherwise a callable that receives the
+    :class:`ExtractionRun` and the list of :meth:`ExtractionRun.batches`, has them extracted (e.g. on a Dask
+    cluster, relion_py.distributed) and returns the number of tilt images extracted. particles.star and
+    optimisation_set.star are then written after the particle files, as the last step."""
     check_supported(opts)
+    if wants_cluster(opts):
+        raise RelionPyError("the cluster flags need relion_py.distributed.extract.extract_on_cluster")
     for name in ("env", "diag"):
         if getattr(opts, name) != ExtractOptions.__dataclass_fields__[name].default:
             warn(f"--{name} has no effect (as in RELION 5, which parses but never uses it)")
@@ -170,43 +178,83 @@ def extract_subtomograms(opts, command=None):
                    if getattr(opts, n)]
         if ignored:
             warn(f"{', '.join(ignored)} only affect 3-D pseudo-subtomograms; ignored with --stack2d (as in RELION)")
-    sizes = derive_sizes(opts)
-    _reuse_freed_memory()
-    threads = min(opts.j, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(threads)
-    out_dir = opts.o if opts.o.endswith("/") else opts.o + "/"
-    files = OptimisationSet.from_arguments(opts.i, opts.p, opts.t, opts.mot)
-    tomograms = TomogramSet(files.tomograms)
-    particles = ParticleSet(files.particles, tomograms)
-    trajectories = Trajectories(files.trajectories) if files.trajectories else None
+    run = ExtractionRun(opts)
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        _write_note(out_dir, command or command_line(opts))
-        kept = _select_particles(opts, sizes, tomograms, particles, trajectories)
-        n_removed = len(particles) - sum(len(g.rows) for g in kept.values())
+        os.makedirs(run.out_dir, exist_ok=True)
+        _write_note(run.out_dir, command or command_line(opts))
+        run.select()
+        kept = run.kept
+        n_removed = len(run.particles) - sum(len(g.rows) for g in kept.values())
         if n_removed:
             warn("One particle was removed because it was too close to the edge in all images." if n_removed == 1
                  else f"{n_removed} particles were removed because they were too close to the edge in all images.")
-        roots = _output_roots(out_dir, particles, kept)
-        files_out = _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, trajectories, kept, roots,
-                                        n_removed)
-        # QUIRK: aberrations are evaluated once, at binning × the pixel size of the first optics group
-        aberrations = aberration_tables(particles.optics, sizes.box, opts.bin * particles.optics_pixel_size[0])
-        sums = _Sums(sizes.crop) if opts.sum and not opts.stack2d else None
-        n_images = 0
-        for tomo in tomograms:
-            if tomo.name in kept and len(kept[tomo.name].rows):
-                n_images += _extract_tomogram(opts, sizes, threads, tomo, particles, kept[tomo.name], roots,
-                                              aberrations, sums)
-        if sums is not None:
-            sums.write(opts, out_dir, opts.bin * tomograms.tomograms[0].pixel_size)
+        if run_batches is None:
+            files_out = run.write_particle_set(n_removed)
+            sums = _Sums(run.sizes.crop) if opts.sum and not opts.stack2d else None
+            n_images = sum(run.extract(name, 0, len(geom.rows), run.threads, sums) for name, geom in kept.items()
+                           if len(geom.rows))
+            if sums is not None:
+                sums.write(opts, run.out_dir, opts.bin * run.tomograms.tomograms[0].pixel_size)
+        else:
+            n_images = run_batches(run)
+            files_out = run.write_particle_set(n_removed)
         if opts.pipeline_control:
             open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
         return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
                              n_particles=sum(len(g.rows) for g in kept.values()), n_removed=n_removed,
                              n_tilt_images=n_images)
     finally:
-        tomograms.close()
+        run.close()
+
+
+class ExtractionRun:
+    """The inputs of one extraction run and its visibility pass: what the single-process path, a distributed
+    run's client and each of its workers share. Work is cut into batches (tomogram, particles start:stop of
+    that tomogram's kept particles, in STAR order); every particle's files depend on that particle only, so
+    any cut and any order of batches write the same bytes."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.sizes = derive_sizes(opts)
+        _reuse_freed_memory()
+        self.threads = min(opts.j, numba.config.NUMBA_NUM_THREADS)
+        self.out_dir = opts.o if opts.o.endswith("/") else opts.o + "/"
+        self.files = OptimisationSet.from_arguments(opts.i, opts.p, opts.t, opts.mot)
+        self.tomograms = TomogramSet(self.files.tomograms)
+        try:
+            self.particles = ParticleSet(self.files.particles, self.tomograms)
+            self.trajectories = Trajectories(self.files.trajectories) if self.files.trajectories else None
+        except BaseException:
+            self.tomograms.close()
+            raise
+        self.kept = self.roots = self.aberrations = None
+
+    def select(self):
+        """The visibility pass, the output file roots and the aberration tables."""
+        opts, sizes, particles = self.opts, self.sizes, self.particles
+        self.kept = _select_particles(opts, sizes, self.tomograms, particles, self.trajectories)
+        self.roots = _output_roots(self.out_dir, particles, self.kept)
+        # QUIRK: aberrations are evaluated once, at binning × the pixel size of the first optics group
+        self.aberrations = aberration_tables(particles.optics, sizes.box, opts.bin * particles.optics_pixel_size[0])
+
+    def batches(self, size):
+        """(tomogram name, start, stop) of every batch of at most ``size`` kept particles, in STAR order."""
+        return [(name, start, min(start + size, len(geom.rows))) for name, geom in self.kept.items()
+                for start in range(0, len(geom.rows), size)]
+
+    def extract(self, name, start, stop, threads, sums=None):
+        """Extract kept particles start:stop of tomogram ``name`` on ``threads`` threads and write their files;
+        returns the number of tilt images extracted."""
+        numba.set_num_threads(threads)
+        return _extract_tomogram(self.opts, self.sizes, threads, self.tomograms.by_name[name], self.particles,
+                                 self.kept[name], slice(start, stop), self.roots, self.aberrations, sums)
+
+    def write_particle_set(self, n_removed):
+        return _write_particle_set(self.opts, self.out_dir, self.sizes, self.files, self.tomograms, self.particles,
+                                   self.trajectories, self.kept, self.roots, n_removed)
+
+    def close(self):
+        self.tomograms.close()
 
 
 def _write_note(out_dir, words):
@@ -308,15 +356,20 @@ def _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, traje
     return particles_star, opt_path
 
 
-def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberrations, sums=None):
-    """``processTomograms`` for one tomogram: returns the number of tilt images extracted."""
+def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, part, roots, aberrations, sums=None):
+    """``processTomograms`` for the kept particles ``part`` (a slice) of one tomogram: returns the number of
+    tilt images extracted."""
     suffix = "_stack2d.mrcs" if opts.stack2d else "_data.mrc"
-    todo = np.array([not (opts.only_do_unfinished and os.path.exists(roots[r] + suffix)) for r in geom.rows], bool)
-    selection = np.flatnonzero(todo)
-    if opts.only_do_unfinished and len(selection) < len(geom.rows):
-        info(f"{tomo.name}: skipping {len(geom.rows) - len(selection)} particles whose {suffix} file exists")
-    for folder in {os.path.dirname(roots[r]) for r in geom.rows}:
-        os.makedirs(folder, exist_ok=True)
+    rows = geom.rows[part]
+    todo = np.array([not (opts.only_do_unfinished and os.path.exists(roots[r] + suffix)) for r in rows], bool)
+    selection = part.start + np.flatnonzero(todo)
+    if opts.only_do_unfinished and len(selection) < len(rows):
+        info(f"{tomo.name}: skipping {len(rows) - len(selection)} particles whose {suffix} file exists")
+    for folder in sorted({os.path.dirname(roots[r]) for r in rows}):
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise RelionPyError(f"cannot create the output folder {folder}: {e.strerror or e}") from None
     job = _TomogramJob(opts, sizes, threads, tomo, particles, geom, selection, aberrations)
     files = [roots[geom.rows[k]] for k in selection]
     writer = BackgroundWriter()

@@ -1,0 +1,82 @@
+"""relion_tomo_subtomo on a Dask cluster: tasks of (tomogram, batch of BATCH particles in STAR order), each
+extracting its particles from the tilt series (a local file on a shared file system, or the portal's zarr that
+the worker fetches itself) and writing their finished files into the shared output folder (temporary name +
+rename). The client writes particles.star and optimisation_set.star once every task has finished."""
+import os
+import threading
+import uuid
+
+from ..programs.subtomo import ExtractionRun, extract_subtomograms
+from ..runtime.errors import RelionPyError
+from ..runtime.log import info
+from ..runtime.cluster_options import cluster_defaults, without_cluster_flags
+from .cluster import connect, start_mpi
+
+BATCH = 16   # particles per task: each particle's files depend on it alone, so the cut never changes a byte
+
+_cache = {"key": None, "run": None}
+_cache_lock = threading.Lock()
+
+
+def extract_on_cluster(opts, command=None, batch=None):
+    """:func:`relion_py.programs.subtomo.extract_subtomograms` with its batches run as Dask tasks."""
+    if opts.sum and not opts.stack2d:
+        raise RelionPyError("--sum is not supported on a cluster (its float32 sums depend on the particle order)")
+    if opts.mpi:
+        start_mpi()
+    worker_opts = cluster_defaults(opts)
+
+    def run_batches(run):
+        with connect(opts) as client:
+            return _run_tasks(client, worker_opts, run.batches(batch or BATCH), os.getcwd())
+
+    return extract_subtomograms(worker_opts, command=without_cluster_flags(command) if command else None,
+                                run_batches=run_batches)
+
+
+def _run_tasks(client, opts, batches, cwd):
+    from distributed import as_completed
+    info(f"Extracting {len(batches)} batches of particles on {_describe(client)}")
+    run_id = uuid.uuid4().hex
+    futures = [client.submit(extract_batch, opts, cwd, *b, key=f"relion-py-extract-{run_id}-{k}", pure=False)
+               for k, b in enumerate(batches)]
+    n_images, error = 0, None
+    try:
+        for future in as_completed(futures):
+            if future.status == "error":      # the task's own exception: raised as the single-process path raises it
+                error = future.exception()
+                break
+            if future.status != "finished":   # cancelled: the scheduler is gone
+                raise OSError(f"task {future.key} was {future.status}")
+            n_images += future.result()
+    except (OSError, TimeoutError) as e:
+        raise RelionPyError(f"lost the Dask scheduler ({e}); the finished particles are kept: rerun with "
+                            "--only_do_unfinished to complete the run") from None
+    finally:
+        client.cancel(futures)
+    if error is not None:
+        raise error
+    return n_images
+
+
+def _describe(client):
+    workers = client.scheduler_info().get("workers", {})
+    return f"{len(workers)} Dask worker{'s' if len(workers) != 1 else ''}"
+
+
+def extract_batch(opts, cwd, name, start, stop):
+    """The task: extract kept particles start:stop of tomogram ``name`` (on --j threads) and write their files.
+    The run's inputs and visibility pass are read once per worker process and kept for its next tasks."""
+    key = (repr(opts), cwd)
+    with _cache_lock:
+        if _cache["key"] != key:
+            if _cache["run"] is not None:
+                _cache["run"].close()
+                _cache["key"] = _cache["run"] = None
+            if os.getcwd() != cwd:
+                os.chdir(cwd)   # paths in the STAR files are relative to the project folder
+            run = ExtractionRun(opts)
+            run.select()
+            _cache["key"], _cache["run"] = key, run
+        run = _cache["run"]
+    return run.extract(name, start, stop, run.threads)
