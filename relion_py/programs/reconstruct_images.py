@@ -141,7 +141,7 @@ class ReconstructResult:
 def _read_fsc(path, n_box):
     """The --fsc curve per Fourier shell of the N-box (0 beyond the file's shells)."""
     blocks = read_star(path)
-    table = next((b for b in blocks.values() if hasattr(b, "columns") and "rlnSpectralIndex" in b.columns
+    table = next((b for _, b in blocks.loops() if "rlnSpectralIndex" in b.columns
                   and "rlnGoldStandardFsc" in b.columns), None)
     if table is None:
         raise RelionPyError(f"--fsc {path}: no table with rlnSpectralIndex and rlnGoldStandardFsc")

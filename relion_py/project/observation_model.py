@@ -66,15 +66,14 @@ def _star_version(path):
 def _read_tables(path):
     """(general dict, optics DataFrame or None, particles DataFrame) as ``ObservationModel::loadSafely``."""
     blocks = read_star(path)
-    general = blocks.get("general") if isinstance(blocks.get("general"), dict) else {}
-    optics = blocks.get("optics")
-    if optics is not None and (not hasattr(optics, "columns") or len(optics) == 0):
-        optics = None
-    particles = blocks.get("particles")
-    if optics is None:
+    general = blocks.list("general") if blocks.is_list("general") else {}
+    optics = blocks["optics"] if blocks.is_loop("optics") and len(blocks["optics"]) else None
+    if optics is not None:
+        particles = blocks["particles"] if blocks.is_loop("particles") else None
+    else:
         # a RELION 3.0-style (or other tools') file: the first table holds the particles
-        particles = next((b for k, b in blocks.items() if hasattr(b, "columns") and k != "optics"), None)
-    if particles is None or not hasattr(particles, "columns"):
+        particles = next((b for k, b in blocks.loops() if k != "optics"), None)
+    if particles is None:
         raise RelionPyError(f"{path} has no particles table (data_particles)")
     return general, optics, particles
 
