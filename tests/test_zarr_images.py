@@ -11,7 +11,7 @@ from conftest_portal import CHUNKS
 
 from relion_py.runtime.errors import RelionPyError
 from relion_py.io import remote
-from relion_py.io.tilt_images import open_tilt_images
+from relion_py.io.open_tilt_images import open_tilt_images
 from relion_py.io.zarr_images import ZarrArray, ZarrTiltImages
 from relion_py.kernels.tomography.windows import gather_clamped_windows
 from relion_py.tools.simulate import write_zarr

@@ -7,7 +7,7 @@ import numpy as np
 
 from ..runtime.errors import RelionPyError
 from .mrc import mmap_mrc, relion_float16_to_float32
-from .tilt_images import split_image_name
+from .image_names import split_image_name
 
 
 def image_path(name, img_dir=""):
@@ -76,4 +76,3 @@ def _mmap(path):
         raise RelionPyError(f"image file {path} does not exist (paths in the STAR file are relative to the "
                             "folder you run from)")
     return mmap_mrc(path)
-

@@ -225,4 +225,3 @@ def fetch_file(url):
         return fetch(store, name)
     finally:
         store.close()
-

@@ -138,6 +138,7 @@ class ReconstructResult:
     pixel_size: float
     volume: np.ndarray    # (box, box, box) float64, as written (in float32)
 
+
 def _read_fsc(path, n_box):
     """The --fsc curve per Fourier shell of the N-box (0 beyond the file's shells)."""
     blocks = read_star(path)
@@ -191,7 +192,8 @@ def reconstruct_images(opts):
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         data, weight = backproject_all(opts, parts, grid, n_box, angpix, data_dim, reader, threads)
-        vol = reconstruct_grid(data, weight, grid, opts, data_dim, angpix, fsc=fsc, workers=threads)
+        vol = reconstruct_grid(data, weight, grid, opts, data_dim, angpix, point_group_operators(opts.sym),
+                               fsc=fsc, workers=threads)
     finally:
         numba.set_num_threads(old_threads)
     write_mrc(opts.o, vol, angpix)

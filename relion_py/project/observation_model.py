@@ -1,6 +1,6 @@
 """The particle file of relion_reconstruct: optics groups, orientations, translations and CTF parameters of
-the selected particles, read as RELION's ``ObservationModel::loadSafely`` (src/jaz/single_particle/obs_model.cpp)
-and ``Reconstructor::initialise`` (src/reconstructor.cpp) do.
+the selected particles, read as RELION's ``ObservationModel::loadSafely``
+(src/jaz/single_particle/obs_model.cpp) and ``Reconstructor::initialise`` (src/reconstructor.cpp) do.
 
 Reads RELION 3.1+ files (optics + particles tables), RELION 5 pseudo-subtomogram files, and particle tables
 without optics table (RELION 3.0 or other tools), converted as ``StarConverter::convert_3p0_particlesTo_3p1``
@@ -14,6 +14,7 @@ import numpy as np
 from ..io.star import read_star
 from ..runtime.errors import RelionPyError
 from ..runtime.log import warn
+from ..tomography.geometry import euler_to_matrix
 from .tables import column
 
 #: Optics columns whose effect (phase demodulation, MTF division, magnification, symmetric aberrations) is
@@ -43,7 +44,7 @@ class ParticleData:
 
     names: list            # image names (N@path or path)
     ctf_names: list        # rlnCtfImage per particle (or None)
-    angles: np.ndarray     # (n, 3) rot, tilt, psi (deg)
+    rotations: np.ndarray  # (n, 3, 3) matrices of the Euler angles rot, tilt, psi (Euler_angles2matrix)
     groups: np.ndarray     # (n,) optics group index
     shifts_px: np.ndarray  # (n, 3) translation in pixels of the particle's own group
     ctf: np.ndarray        # (n, 9) CTF parameters in _CTF_LABELS order (2-D data)
@@ -310,7 +311,7 @@ def load_particles(opts, reader):
     if box_g is None:
         box_g = _group_boxes(reader, names, rows, len(px_g))
     sel = _selection(opts, particles, path)
-    angles = _angles(particles, path)
+    angles = _angles(particles, path)[sel]
     shifts = _shifts_px(particles, optics is None and not ignore_optics, ignore_optics, rows, px_g, data_dim)
     ctf = _ctf_parameters(particles, optics, rows)
     fom = np.ones(n_all)
@@ -324,7 +325,7 @@ def load_particles(opts, reader):
                             "leave out --ctf)")
     data = ParticleData(names=[names[p] for p in sel],
                         ctf_names=[ctf_names[p] for p in sel] if ctf_names is not None else None,
-                        angles=angles[sel], groups=rows[sel], shifts_px=shifts[sel], ctf=ctf[sel],
+                        rotations=euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]), groups=rows[sel], shifts_px=shifts[sel], ctf=ctf[sel],
                         fom=fom[sel],
                         box=np.asarray(box_g, np.int64), pixel=np.asarray(px_g, np.float64),
                         premultiplied=np.asarray(premult, bool))

@@ -10,7 +10,7 @@ import numpy as np
 from ..runtime.errors import RelionPyError
 from ..tomography.geometry import tilt_projection_matrices
 from ..io.star import read_star
-from ..io.tilt_images import open_tilt_images
+from ..io.open_tilt_images import open_tilt_images
 from .tables import column, require_columns
 
 GLOBAL_REQUIRED = ("rlnTomoName", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",

@@ -14,8 +14,6 @@ import scipy.fft
 
 from ...runtime.errors import RelionPyError
 from ...runtime.progress import Progress
-from ...tomography.geometry import euler_to_matrix
-from ...tomography.symmetry import point_group_operators
 from ..ctf import astigmatism_form, ctf_constants
 from . import backproject as bp
 
@@ -70,9 +68,8 @@ class ParticleInserter:
         self.opts, self.parts, self.grid, self.reader = opts, parts, grid, reader
         self.data_dim = data_dim
         # A · ρ (applyScaleDifference) then pf · A⁻¹, per particle
-        mats = euler_to_matrix(parts.angles[:, 0], parts.angles[:, 1], parts.angles[:, 2])
         ratio = (parts.box * parts.pixel) / (n_box * angpix)
-        mats = mats * ratio[parts.groups][:, None, None]
+        mats = parts.rotations * ratio[parts.groups][:, None, None]
         self.ainv = np.array([bp.inverse_3x3(m) * grid.pf for m in mats]).reshape(-1, 3, 3)
         self._ones = {}
         self._ctf_index = {}
@@ -269,20 +266,18 @@ def backproject_all(opts, parts, grid, n_box, angpix, data_dim, reader, threads)
     return bp.split_accumulator(acc)
 
 
-
-def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, fsc=None, workers=1):
+def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, symmetry, fsc=None, workers=1):
     """Symmetrise the padded grid and turn it into the real-space map (``Reconstructor::reconstruct`` →
     ``BackProjector::symmetrise`` and ``BackProjector::reconstruct``). data, weight: the padded grid
-    (modified); fsc: the FSC curve of --fsc (per shell of N, or None).
-    Returns (N, N, N) float64."""
+    (modified); symmetry: the point group's operators (``point_group_operators``); fsc: the FSC curve of
+    --fsc per shell of the N-box, or None. Returns (N, N, N) float64."""
     n, pf = grid.ori_size, grid.pf
     bp.enforce_hermitian_symmetry(data, weight)
     if opts.nr_helical_asu >= 2:
         bp.apply_helical_symmetry(data, weight, opts.nr_helical_asu, opts.helical_twist,
                                   opts.helical_rise / angpix, grid.max_r2, n, pf)
-    ops = point_group_operators(opts.sym)
-    if len(ops):
-        bp.apply_point_group_symmetry(data, weight, ops, grid.max_r2)
+    if len(symmetry):
+        bp.apply_point_group_symmetry(data, weight, symmetry, grid.max_r2)
     oversampling = float(grid.pf32 * grid.pf32 * grid.pf32)
     fweight = bp.decenter(weight, grid.max_r2)
     if fsc is not None:
@@ -327,4 +322,3 @@ def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, fsc=None, worke
     sinc_power = 1 if (opts.NN and opts.r_min_nn == 0) else 2
     bp.gridding_correct(vol, float(np.float32(n) * grid.pf32), sinc_power)
     return vol
-
