@@ -32,7 +32,6 @@ UNSUPPORTED_OPTICS = {
 }
 
 
-
 _CTF_LABELS = (("rlnVoltage", 200.0), ("rlnDefocusU", 0.0), ("rlnDefocusV", None), ("rlnDefocusAngle", 0.0),
                ("rlnSphericalAberration", 0.0), ("rlnCtfBfactor", 0.0), ("rlnCtfScalefactor", 1.0),
                ("rlnAmplitudeContrast", 0.0), ("rlnPhaseShift", 0.0))
@@ -152,8 +151,6 @@ def _convert_legacy(particles, path, reader):
         first = int(np.argmax(rows == g))
         box[g] = reader.shape(names[first])[1][-1]
     return rows, px, box, np.zeros(len(combos), bool)
-
-
 
 
 def _open_particle_table(path):
@@ -325,7 +322,8 @@ def load_particles(opts, reader):
                             "leave out --ctf)")
     data = ParticleData(names=[names[p] for p in sel],
                         ctf_names=[ctf_names[p] for p in sel] if ctf_names is not None else None,
-                        rotations=euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]), groups=rows[sel], shifts_px=shifts[sel], ctf=ctf[sel],
+                        rotations=euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]),
+                        groups=rows[sel], shifts_px=shifts[sel], ctf=ctf[sel],
                         fom=fom[sel],
                         box=np.asarray(box_g, np.int64), pixel=np.asarray(px_g, np.float64),
                         premultiplied=np.asarray(premult, bool))
