@@ -3,6 +3,9 @@ known orientations.
 
 Mirrors ``Reconstructor`` (src/reconstructor.cpp: ``read``, ``initialise``, ``backprojectOneParticle``,
 ``reconstruct``) on top of RELION's classic ``BackProjector`` (``relion_py.kernels.classic.backproject``).
+This module holds the options and the run; the particle file is read by
+:mod:`relion_py.project.observation_model`, the images by :mod:`relion_py.io.particle_images`, and the
+insertion and reconstruction are driven by :mod:`relion_py.kernels.classic.reconstruct_grid`.
 Spec: reconstruction.md, part B.
 
 Inputs it reads: RELION 3.1+ particle STAR files (optics + particles tables, ``N@stack.mrcs`` 2-D images,
