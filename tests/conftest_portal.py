@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 from portal_server import PortalServer
 
-from relion_py.io import zarr_images
+from relion_py.io import remote
 from relion_py.tools.simulate import SimulationParams, simulate, write_portal, write_relion_project
 
 CHUNKS = (1, 32, 32)     # small chunks, so that particle windows touch a fraction of each tilt image
@@ -56,7 +56,7 @@ def portal_session(tmp_path_factory):
 @pytest.fixture
 def portal(portal_session, monkeypatch):
     """The session's portal with a clean request log, no faults and no retry back-off."""
-    monkeypatch.setattr(zarr_images, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(remote, "BACKOFF_S", 0.0)
     portal_session.server.reset()
     yield portal_session
     portal_session.server.reset()

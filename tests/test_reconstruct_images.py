@@ -21,7 +21,8 @@ from relion_py.kernels.classic.reconstruct import ft_blob_table
 from relion_py.kernels.classic.symmetrise import apply_point_group_symmetry, enforce_hermitian_symmetry
 from relion_py.kernels.ctf import astigmatism_form, ctf_constants, ctf_image, ctf_value
 from relion_py.tomography.geometry import euler_to_matrix
-from relion_py.programs.reconstruct_images import Grid, ReconstructImagesOptions, reconstruct_images
+from relion_py.kernels.classic.reconstruct_grid import Grid
+from relion_py.programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 
 CASES = ["g1_reconstruct_3drot", "g2_reconstruct_spa2d", "j1_reconstruct_spa2d_c3",
          "j2_reconstruct_spa2d_maxres_pad1", "j3_reconstruct_spa2d_gridding_iter",

@@ -10,8 +10,8 @@ import zarr
 from conftest_portal import CHUNKS
 
 from relion_py.runtime.errors import RelionPyError
-from relion_py.io import zarr_images
-from relion_py.io.tilt_images import open_tilt_images
+from relion_py.io import remote
+from relion_py.io.open_tilt_images import open_tilt_images
 from relion_py.io.zarr_images import ZarrArray, ZarrTiltImages
 from relion_py.kernels.tomography.windows import gather_clamped_windows
 from relion_py.tools.simulate import write_zarr
@@ -210,4 +210,4 @@ def test_persistent_server_error_on_metadata(portal):
     portal.server.add_fault(".zattrs", "500", times=10)
     with pytest.raises(RelionPyError, match=r"TS_01.zarr/.zattrs: HTTP 500 \(4 attempts\)"):
         ZarrTiltImages([(portal.zarr_url(), 0)])
-    assert len(portal.server.requests(".zattrs")) == zarr_images.ATTEMPTS
+    assert len(portal.server.requests(".zattrs")) == remote.ATTEMPTS

@@ -1,11 +1,10 @@
 """relion-py-reconstruct: drop-in for relion_reconstruct (image mode) and relion_tomo_reconstruct_particle
 (tilt-series mode). The mode is chosen from the inputs' content."""
-import os
 import sys
 
 from ..runtime.errors import RelionPyError
-from ..io.star import read_star
 from ..runtime.options import build_parser, parse_options
+from ..programs.reconstruct import choose_mode as choose_input_mode
 from ..programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 from ..programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
 from ..runtime.cluster_options import cluster_defaults, wants_cluster, without_cluster_flags
@@ -40,23 +39,8 @@ def _value(argv, flag):
 
 
 def choose_mode(argv):
-    """'images' or 'tilt_series', from the inputs: --t or --p → tilt series; --i naming an optimisation set
-    (rlnTomoParticlesFile) or a particle table without rlnImageName → tilt series; otherwise images."""
-    if any(_value(argv, flag) is not None for flag in ("--t", "--p")):
-        return "tilt_series"
-    path = _value(argv, "--i")
-    if path is None or not os.path.isfile(path):
-        return "images"          # let the image mode report the problem (or print --help)
-    blocks = read_star(path)
-    if any("rlnTomoParticlesFile" in (b.columns if hasattr(b, "columns") else b) for b in blocks.values()):
-        return "tilt_series"
-    particles = blocks.get("particles")
-    if particles is None or not hasattr(particles, "columns"):
-        particles = next((t for name, t in blocks.items() if hasattr(t, "columns") and name != "optics"),
-                         None)
-    if particles is not None and "rlnImageName" not in particles.columns:
-        return "tilt_series"
-    return "images"
+    """'images' or 'tilt_series' for a command line (:func:`relion_py.programs.reconstruct.choose_mode`)."""
+    return choose_input_mode(*(_value(argv, flag) for flag in ("--i", "--t", "--p")))
 
 
 def build_image_parser():

@@ -18,9 +18,40 @@ _LABEL_LINE = re.compile(rb"\n[ \t]*_(\S+)")
 _LEADING_INT = re.compile(r"\s*([+-]?\d+)")
 
 
+class StarFile(dict):
+    """The data blocks of a read STAR file, in file order: ``{name: DataFrame}`` for loop tables,
+    ``{name: {label: value}}`` for list tables (``data_general`` → key ``'general'``); ``path`` names the
+    file in errors. ``loop(name)`` / ``list(name)`` return one table or raise one clear ``RelionPyError``."""
+
+    def __init__(self, path, blocks=()):
+        super().__init__(blocks)
+        self.path = str(path)
+
+    def is_loop(self, name):
+        return isinstance(self.get(name), pd.DataFrame)
+
+    def is_list(self, name):
+        return isinstance(self.get(name), dict)
+
+    def loop(self, name):
+        """The loop table ``data_<name>``."""
+        if not self.is_loop(name):
+            raise RelionPyError(f"{self.path}: no table data_{name}")
+        return self[name]
+
+    def list(self, name):
+        """The list table ``data_<name>`` as {label: value}."""
+        if not self.is_list(name):
+            raise RelionPyError(f"{self.path}: no list data_{name} (label-value pairs)")
+        return self[name]
+
+    def loops(self):
+        """(name, DataFrame) of every loop table, in file order."""
+        return [(name, block) for name, block in self.items() if isinstance(block, pd.DataFrame)]
+
+
 def read_star(path):
-    """Read every data block of a STAR file: ``{name: DataFrame}`` for loop tables, ``{name: {label:
-    value}}`` for list tables (``data_general`` → key ``'general'``). Any problem → ``RelionPyError``.
+    """Read every data block of a STAR file as a :class:`StarFile`. Any problem → ``RelionPyError``.
 
     Mirrors the parsing of ``MetaDataTable::readStar`` (src/metadata_table.cpp): every value of a label
     RELION knows is converted to the label's type (``setValueFromString``), others stay text.
@@ -41,7 +72,7 @@ def read_star(path):
         raise RelionPyError(f"STAR file {path} is malformed: {_reason(exc)}") from None
     if not blocks:
         raise RelionPyError(f"{path} is not a STAR file (no data_ block)")
-    out = {}
+    out = StarFile(path)
     for name, block in blocks.items():
         where = f"STAR file {path}, data_{name}"
         if isinstance(block, pd.DataFrame):

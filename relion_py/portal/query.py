@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import cryoet_data_portal as cdp
 
 from ..runtime.errors import RelionPyError
-from ..io.zarr_images import fetch_file
+from ..io.remote import fetch_file
 
 POINT_SHAPES = ("OrientedPoint", "Point")
 

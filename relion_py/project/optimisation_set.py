@@ -27,9 +27,11 @@ class OptimisationSet:
         blocks = read_star(path) if blocks is None else blocks
         if not blocks:
             raise RelionPyError(f"{path}: empty optimisation set")
-        table = next(iter(blocks.values()))
-        if not isinstance(table, dict):
-            table = table.iloc[0].to_dict() if len(table) else {}
+        first = next(iter(blocks))
+        if blocks.is_list(first):
+            table = blocks.list(first)
+        else:
+            table = blocks[first].iloc[0].to_dict() if len(blocks[first]) else {}
         return cls(**{key: str(table.get(label, "")) for key, label in LABELS.items()})
 
     @classmethod

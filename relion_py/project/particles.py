@@ -10,7 +10,7 @@ from ..runtime.errors import RelionPyError
 from ..tomography.geometry import euler_to_matrix
 from ..io.star import read_star
 from ..runtime.log import warn
-from .tables import column, loop_block, require_columns
+from .tables import column, require_columns
 
 CENTRED = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst")
 UNCENTRED = ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")
@@ -29,15 +29,17 @@ class ParticleSet:
     def __init__(self, path, tomograms):
         self.path = path
         blocks = read_star(path)
-        table = loop_block(blocks, "particles", path).copy()
+        table = blocks.loop("particles").copy()
         require_columns(table, ("rlnTomoName",), path)
-        general = blocks.get("general")
-        if isinstance(general, dict) and "rlnTomoSubTomosAre2DStacks" not in general:
-            raise RelionPyError(f"{path}: data_general lacks rlnTomoSubTomosAre2DStacks")
-        self.general = dict(general) if isinstance(general, dict) else {"rlnTomoSubTomosAre2DStacks": 0}
+        if blocks.is_list("general"):
+            self.general = dict(blocks.list("general"))
+            if "rlnTomoSubTomosAre2DStacks" not in self.general:
+                raise RelionPyError(f"{path}: data_general lacks rlnTomoSubTomosAre2DStacks")
+        else:
+            self.general = {"rlnTomoSubTomosAre2DStacks": 0}
         table["rlnTomoName"] = table["rlnTomoName"].astype(str)
         if "optics" in blocks:
-            self.optics = loop_block(blocks, "optics", path).copy()
+            self.optics = blocks.loop("optics").copy()
             require_columns(self.optics, ("rlnOpticsGroup", "rlnTomoTiltSeriesPixelSize"), f"{path} (optics)")
             require_columns(table, ("rlnOpticsGroup",), path)
         else:
@@ -155,15 +157,14 @@ class Trajectories:
     def __init__(self, path):
         self.path = path
         self.blocks = read_star(path)
-        general = self.blocks.get("general")
-        if not isinstance(general, dict) or "rlnParticleNumber" not in general:
+        if not self.blocks.is_list("general") or "rlnParticleNumber" not in self.blocks["general"]:
             raise RelionPyError(f"{path}: motion file lacks data_general / rlnParticleNumber")
 
     def shifts(self, particle_name, n_frames):
         """(fc, 3) shifts in Å of one particle."""
-        t = self.blocks.get(particle_name)
-        if t is None or isinstance(t, dict):
+        if not self.blocks.is_loop(particle_name):
             raise RelionPyError(f"{self.path}: no trajectory for particle {particle_name}")
+        t = self.blocks[particle_name]
         if len(t) != n_frames:
             raise RelionPyError(f"{self.path}: trajectory of {particle_name} has {len(t)} rows, "
                                 f"the tilt series has {n_frames} frames")

@@ -21,11 +21,3 @@ def column(table, label, where, default=None, dtype=np.float64):
         return table[label].to_numpy(dtype=dtype)
     except (TypeError, ValueError):
         raise RelionPyError(f"{where}: column {label} holds non-numeric values") from None
-
-
-def loop_block(blocks, name, where):
-    """The loop table ``data_<name>`` of a read STAR file."""
-    table = blocks.get(name)
-    if table is None or isinstance(table, dict):
-        raise RelionPyError(f"{where}: no table data_{name}")
-    return table

@@ -10,8 +10,8 @@ import numpy as np
 from ..runtime.errors import RelionPyError
 from ..tomography.geometry import tilt_projection_matrices
 from ..io.star import read_star
-from ..io.tilt_images import open_tilt_images
-from .tables import column, loop_block, require_columns
+from ..io.open_tilt_images import open_tilt_images
+from .tables import column, require_columns
 
 GLOBAL_REQUIRED = ("rlnTomoName", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
                    "rlnTomoTiltSeriesPixelSize", "rlnTomoHand", "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
@@ -144,7 +144,7 @@ class TomogramSet:
     def __init__(self, path):
         self.path = path
         blocks = read_star(path)
-        table = loop_block(blocks, "global", path)
+        table = blocks.loop("global")
         require_columns(table, GLOBAL_REQUIRED, path)
         if "rlnTomoDeformationGridSizeX" in table.columns:
             raise RelionPyError(f"{path}: 2-D image deformations (rlnTomoDeformation*) are not supported")
@@ -155,12 +155,9 @@ class TomogramSet:
         for (_, row), name in zip(table.iterrows(), names):
             if "rlnTomoTiltSeriesStarFile" in table.columns:
                 ts_path = str(row["rlnTomoTiltSeriesStarFile"])
-                ts_blocks = read_star(ts_path)
-                frames = ts_blocks.get(name)
-                if frames is None or isinstance(frames, dict):
-                    raise RelionPyError(f"{ts_path}: no table data_{name}")
+                frames = read_star(ts_path).loop(name)
             else:  # RELION-4 layout: the per-tilt tables follow data_global in the same file
-                frames = loop_block(blocks, name, path)
+                frames = blocks.loop(name)
             self.tomograms.append(_read_tomogram(row, frames, path))
         self.by_name = {t.name: t for t in self.tomograms}
 

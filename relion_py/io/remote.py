@@ -1,0 +1,227 @@
+"""Files and key-value stores below a local folder, an http(s) URL or an anonymous s3 URL, read with
+retries: the remote access shared by the OME-Zarr tilt-series reader (:mod:`relion_py.io.zarr_images`) and
+the CryoET Data Portal importer (:mod:`relion_py.portal`).
+
+Network faults are retried (connection errors, timeouts, HTTP 5xx/429, short or undecodable bodies) with
+exponential back-off; a key that still cannot be read raises a one-line :class:`RelionPyError` naming the
+URL. Anonymous S3 goes through boto3 with unsigned requests; ``BOTO_ENDPOINT_URL`` points it at another
+endpoint, as in the cryoet-data-portal client (``cryoet_data_portal/_file_tools.py: get_anon_s3_client``).
+"""
+import os
+import posixpath
+import threading
+import time
+from urllib.parse import quote, urlsplit
+
+import urllib3
+
+from ..runtime.errors import RelionPyError
+
+ATTEMPTS = 4            # tries per remote object before giving up
+BACKOFF_S = 0.25        # first retry delay; doubles after every failed try
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+MAX_WORKERS = 8         # parallel chunk fetches per array
+
+
+class TransientFault(Exception):
+    """A failure worth retrying (network error, server error, short or corrupt body)."""
+
+
+class _Store:
+    """Read-only key → bytes access below one location, with request and byte counters.
+
+    ``get(key)`` makes one attempt: bytes, ``None`` when the key does not exist, ``TransientFault`` on a
+    failure worth retrying, ``RelionPyError`` on a permanent one.
+    """
+
+    attempts = ATTEMPTS
+
+    def __init__(self):
+        self.requests = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def _count(self, nbytes):
+        with self._lock:
+            self.requests += 1
+            self.bytes += nbytes
+
+    def where(self, key):
+        """The URL or path of ``key``, for messages."""
+        raise NotImplementedError
+
+    def get(self, key):
+        raise NotImplementedError
+
+    def close(self):
+        """Release connections."""
+
+
+class _LocalStore(_Store):
+    """A folder on disk (``file://`` URLs included)."""
+
+    attempts = 1  # a local read that fails will fail again
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+
+    def where(self, key):
+        return os.path.join(self.root, *key.split("/"))
+
+    def get(self, key):
+        path = self.where(key)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except (FileNotFoundError, NotADirectoryError):
+            self._count(0)
+            return None
+        except OSError as exc:
+            raise RelionPyError(f"cannot read {path}: {exc.strerror}") from None
+        self._count(len(data))
+        return data
+
+
+class _HttpStore(_Store):
+    """An http(s) URL prefix, read with one thread-safe urllib3 connection pool (keep-alive)."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base.rstrip("/")
+        timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+        self._pool = urllib3.PoolManager(maxsize=MAX_WORKERS, retries=False, timeout=timeout)
+
+    def where(self, key):
+        return f"{self.base}/{quote(key)}"
+
+    def get(self, key):
+        url = self.where(key)
+        try:
+            # urllib3 2 enforces Content-Length: a body cut short raises (ProtocolError), never returns.
+            response = self._pool.request("GET", url, preload_content=True, redirect=True)
+        except urllib3.exceptions.HTTPError as exc:
+            self._count(0)
+            raise TransientFault(_reason(exc)) from None
+        self._count(len(response.data))
+        if response.status == 200:
+            return response.data
+        if response.status == 404:
+            return None
+        if response.status >= 500 or response.status == 429:
+            raise TransientFault(f"HTTP {response.status}")
+        raise RelionPyError(f"cannot read {url}: HTTP {response.status} {response.reason}")
+
+    def close(self):
+        self._pool.clear()
+
+
+class _S3Store(_Store):
+    """An ``s3://bucket/prefix`` location read anonymously (unsigned requests) with boto3."""
+
+    def __init__(self, bucket, prefix):
+        super().__init__()
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        # As cryoet_data_portal/_file_tools.py:get_anon_s3_client (BOTO_ENDPOINT_URL: another endpoint);
+        # boto3's own retries are off: the reader retries, and counts every request.
+        self._client = boto3.client(
+            "s3", endpoint_url=os.environ.get("BOTO_ENDPOINT_URL") or None,
+            config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1, "mode": "standard"},
+                          connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                          max_pool_connections=MAX_WORKERS))
+
+    def _key(self, key):
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def where(self, key):
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def get(self, key):
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            data = self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            self._count(0)
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if code in ("NoSuchKey", "404") or status == 404:
+                return None
+            if status >= 500 or status == 429 or code in ("SlowDown", "RequestTimeout", "InternalError"):
+                raise TransientFault(f"S3 {code or status}") from None
+            raise RelionPyError(f"cannot read {self.where(key)}: S3 error {code or status}") from None
+        except BotoCoreError as exc:  # connection errors, timeouts, short bodies (IncompleteReadError)
+            self._count(0)
+            raise TransientFault(_reason(exc)) from None
+        self._count(len(data))
+        return data
+
+
+def _reason(exc):
+    """A short reason for a network exception: its innermost cause (e.g. 'connection refused',
+    'IncompleteRead(145 bytes read, 145 more expected)')."""
+    inner = exc
+    while True:
+        cause = getattr(inner, "reason", None)
+        if not isinstance(cause, BaseException):
+            cause = next((a for a in getattr(inner, "args", ()) if isinstance(a, BaseException)), None)
+        if cause is None:
+            break
+        inner = cause
+    text = str(inner).strip() or type(inner).__name__
+    if "Connection refused" in text:
+        return "connection refused"
+    return text.splitlines()[0][:200]
+
+
+def open_store(location):
+    """A store for a local folder, ``file://``, ``http(s)://`` or ``s3://`` location."""
+    location = str(location)
+    if "://" not in location:
+        return _LocalStore(location)
+    parts = urlsplit(location)
+    if parts.scheme in ("http", "https"):
+        return _HttpStore(location)
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise RelionPyError(f"bad S3 URL '{location}': expected s3://bucket/path")
+        return _S3Store(parts.netloc, parts.path)
+    if parts.scheme == "file":
+        return _LocalStore(parts.path)
+    raise RelionPyError(f"cannot read '{location}': unsupported URL scheme '{parts.scheme}' "
+                        "(use a local path, http(s):// or s3://)")
+
+
+def fetch(store, key, decode=lambda data: data, missing_ok=False):
+    """``decode(store.get(key))`` with retries: a failure of the fetch or of ``decode`` (raise
+    ``TransientFault``, e.g. for a truncated body) is retried ``store.attempts`` times with exponential
+    back-off, then reported as one ``RelionPyError``. A missing key returns ``None`` if ``missing_ok``."""
+    reason = ""
+    for attempt in range(store.attempts):
+        if attempt:
+            time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+        try:
+            data = store.get(key)
+            if data is None:
+                if missing_ok:
+                    return None
+                raise RelionPyError(f"cannot read {store.where(key)}: not found")
+            return decode(data)
+        except TransientFault as exc:
+            reason = str(exc)
+    tries = f" ({store.attempts} attempts)" if store.attempts > 1 else ""
+    raise RelionPyError(f"cannot read {store.where(key)}: {reason}{tries}")
+
+
+def fetch_file(url):
+    """The bytes of one file given by a local path or URL, with retries (the portal's annotation files)."""
+    url = str(url)
+    head, name = posixpath.split(url) if "://" in url else os.path.split(url)
+    store = open_store(head or ".")
+    try:
+        return fetch(store, name)
+    finally:
+        store.close()
