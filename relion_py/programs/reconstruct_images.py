@@ -27,6 +27,7 @@ from ..kernels.classic.reconstruct_grid import Grid, backproject_all, reconstruc
 from ..project.observation_model import load_particles
 from ..runtime.errors import RelionPyError
 from ..runtime.log import info
+from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import check_supported, option
 from ..tomography.symmetry import helical_rotations, point_group_operators
 
@@ -41,7 +42,7 @@ DEBUG = "a RELION developer/debugging option, not ported"
 
 
 @dataclass
-class ReconstructImagesOptions:
+class ReconstructImagesOptions(ClusterOptions):
     """Options of relion_reconstruct (same names; ``class_`` is --class, ``three_d_rot`` is --3d_rot)."""
 
     i: str = option("", "Input STAR file with the projection images and their orientations", GEN)
