@@ -15,7 +15,7 @@ pseudo-subtomograms (<particle>_data.mrc + _weights.mrc), <o>/particles.star, <o
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     opts = parse_options(ExtractOptions, argv, PROG, DESCRIPTION)
-    return run_cli(PROG, lambda: extract_subtomograms(opts, command=[PROG] + argv))
+    return run_cli(PROG, lambda: extract_subtomograms(opts, command=[PROG] + argv), opts.pipeline_control)
 
 
 if __name__ == "__main__":

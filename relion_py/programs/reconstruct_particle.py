@@ -21,6 +21,7 @@ import numpy as np
 from ..tomography.aberrations import aberration_tables
 from ..tomography.dose import dose_weights, dose_x_ranges
 from ..runtime.errors import RelionPyError
+from ..io.atomic import remove_stale_temporaries
 from ..runtime.fftw_plans import RealFFT
 from ..tomography.half_grid import half_to_centred_full
 from ..io.mrc import read_mrc, write_mrc
@@ -182,6 +183,8 @@ def reconstruct_particle(opts, command=None):
             warn(f"{n_hidden} particle(s) are not visible in any tilt image and contribute nothing.")
 
         os.makedirs(out_dir + "temp", exist_ok=True)
+        remove_stale_temporaries(out_dir)
+        remove_stale_temporaries(out_dir + "temp")
         if not opts.pipeline_control:                       # RELION skips note.txt under pipeline control
             _write_note(out_dir, command or command_line(opts))
         sh = s // 2 + 1
@@ -212,8 +215,6 @@ def reconstruct_particle(opts, command=None):
             del acc
             maps = _finalise(opts, out_dir, data, weight, operators, pixel_size, threads)
             _remove(glob.glob(tmp_root + "*.mrc"))
-        if opts.pipeline_control:
-            open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
         return ReconstructParticleResult(output_dir=out_dir, maps=maps, n_particles=n_visible,
                                          n_slices=n_slices, pixel_size=pixel_size)
     finally:

@@ -22,7 +22,9 @@ from ..tomography.half_grid import half_to_centred_full
 from ..kernels.tomography.extraction import crop_circle, weight_spectra
 from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_slices_forward
 from ..kernels.tomography.volume_filters import cone_weight, divide_heuristic, divide_wiener, taper
+from ..runtime.job_control import count_finished
 from ..runtime.log import info, warn
+from ..io.atomic import remove_stale_temporaries
 from ..tomography.noise import noise_weights
 from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
 from ..runtime.parallel import BackgroundWriter, PerThread, map_in_order
@@ -181,6 +183,8 @@ def extract_subtomograms(opts, command=None):
     trajectories = Trajectories(files.trajectories) if files.trajectories else None
     try:
         os.makedirs(out_dir, exist_ok=True)
+        if opts.only_do_unfinished:
+            remove_stale_temporaries(out_dir)
         _write_note(out_dir, command or command_line(opts))
         kept = _select_particles(opts, sizes, tomograms, particles, trajectories)
         n_removed = len(particles) - sum(len(g.rows) for g in kept.values())
@@ -200,8 +204,6 @@ def extract_subtomograms(opts, command=None):
                                               aberrations, sums)
         if sums is not None:
             sums.write(opts, out_dir, opts.bin * tomograms.tomograms[0].pixel_size)
-        if opts.pipeline_control:
-            open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
         return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
                              n_particles=sum(len(g.rows) for g in kept.values()), n_removed=n_removed,
                              n_tilt_images=n_images)
@@ -311,11 +313,18 @@ def _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, traje
 def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberrations, sums=None):
     """``processTomograms`` for one tomogram: returns the number of tilt images extracted."""
     suffix = "_stack2d.mrcs" if opts.stack2d else "_data.mrc"
-    todo = np.array([not (opts.only_do_unfinished and os.path.exists(roots[r] + suffix)) for r in geom.rows], bool)
+    outputs = output_suffixes(opts)
+    folders = {os.path.dirname(roots[r]) for r in geom.rows}
+    if opts.only_do_unfinished:
+        for folder in folders:
+            remove_stale_temporaries(folder)
+    todo = np.array([not (opts.only_do_unfinished and all(os.path.exists(roots[r] + x) for x in outputs))
+                     for r in geom.rows], bool)
     selection = np.flatnonzero(todo)
     if opts.only_do_unfinished and len(selection) < len(geom.rows):
-        info(f"{tomo.name}: skipping {len(geom.rows) - len(selection)} particles whose {suffix} file exists")
-    for folder in {os.path.dirname(roots[r]) for r in geom.rows}:
+        info(f"{tomo.name}: skipping {len(geom.rows) - len(selection)} particles whose output files "
+             f"({', '.join(outputs)}) all exist")
+    for folder in folders:
         os.makedirs(folder, exist_ok=True)
     job = _TomogramJob(opts, sizes, threads, tomo, particles, geom, selection, aberrations)
     files = [roots[geom.rows[k]] for k in selection]
@@ -332,6 +341,7 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberra
                     if not opts.no_writing:
                         writer.submit(_write_volume_outputs, opts, files[k], *result, sizes.crop, job.pixel_size)
                 bar.advance(1)
+                count_finished()
     finally:
         writer.close()
     return int(job.bounds[-1])
@@ -463,8 +473,20 @@ def insertion_axes(rotations, frames, scale):
     return out
 
 
+def output_suffixes(opts):
+    """The file suffixes one particle's outputs have: a particle is finished only when all exist."""
+    if opts.stack2d:
+        return ["_stack2d.mrcs"]
+    if opts.no_writing:
+        return []
+    extras = [("_weights.mrc", not opts.no_comb), ("_CTF2.mrc", opts.ctf), ("_multi.mrc", opts.multi),
+              ("_data_nrm.mrc", opts.nrm), ("_CTF2_nrm.mrc", opts.nrm), ("_div.mrc", opts.div)]
+    return ["_data.mrc"] + [name for name, wanted in extras if wanted]
+
+
 def _write_volume_outputs(opts, root, data, ctf_mult, s3, pixel_size):
-    """``<root>_data.mrc``, ``_weights.mrc`` and the optional 3-D outputs of one particle."""
+    """``<root>_data.mrc``, ``_weights.mrc`` and the optional 3-D outputs of one particle. Each file is renamed
+    into place whole; --only_do_unfinished redoes a particle unless all of them exist."""
     import scipy.fft   # only the 3-D extras use it: not imported at start-up (0.1 s)
     inv_px = 1.0 / pixel_size
     f16 = opts.float16
