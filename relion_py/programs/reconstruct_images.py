@@ -22,6 +22,7 @@ import numpy as np
 import scipy.fft
 
 from ..runtime.errors import RelionPyError
+from ..io.output_folder import refuse_overwriting_inputs
 from ..tomography.geometry import euler_to_matrix
 from ..io.mrc import mmap_mrc, relion_float16_to_float32, write_mrc
 from ..io.star import read_star
@@ -839,6 +840,10 @@ def _check_options(opts):
     if out_dir and not os.path.isdir(out_dir):
         raise RelionPyError(f"output folder {out_dir}/ does not exist (relion_reconstruct does not create "
                             "it; mkdir it first)")
+    if os.path.isdir(opts.o):
+        raise RelionPyError(f"--o {opts.o}: is a folder; --o names the output map file")
+    if not os.access(out_dir or ".", os.W_OK | os.X_OK):
+        raise RelionPyError(f"--o {opts.o}: the folder {out_dir or '.'} is not writable")
     point_group_operators(opts.sym)        # bad symmetry names fail before the long part
 
 
@@ -849,6 +854,8 @@ def reconstruct_images(opts):
     threads = max(1, int(opts.j))
     reader = ImageReader(opts.img)
     parts, n_box, angpix, data_dim, n_all = load_particles(opts, reader)
+    refuse_overwriting_inputs([opts.o], [opts.i, opts.fsc] + sorted(
+        {image_path(name, opts.img)[0] for name in parts.names + [c for c in parts.ctf_names or [] if c]}))
     if opts.verb > 0:
         info(f"{len(parts.names)} of {n_all} particles, {data_dim}-D data, box {n_box}, "
              f"pixel size {angpix:g} A")

@@ -25,6 +25,7 @@ from ..kernels.tomography.volume_filters import cone_weight, divide_heuristic, d
 from ..runtime.job_control import count_finished
 from ..runtime.log import info, warn
 from ..io.atomic import remove_stale_temporaries
+from ..io.output_folder import check_writable_folder, refuse_overwriting_inputs, tidy_on_failure
 from ..tomography.noise import noise_weights
 from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
 from ..runtime.parallel import BackgroundWriter, PerThread, map_in_order
@@ -92,6 +93,10 @@ class ExtractOptions(ProjectInputs):
                                    RUN, metavar="DIR")
 
 
+#: the files an extraction writes into its output folder (besides Subtomograms/)
+OUTPUT_FILES = ("note.txt", "particles.star", "optimisation_set.star", "motion.star")
+
+
 @dataclass
 class Sizes:
     """Derived box sizes (``SubtomoProgram::run``)."""
@@ -119,6 +124,11 @@ def derive_sizes(opts):
                             "choose sizes whose unbinned square is even")
     if binning != 1.0 and int(square / binning + 0.5) != box:
         raise RelionPyError(f"--bin {binning} cannot Fourier-crop a {square}-px square to --b {box}")
+    if not 0.0 <= opts.cutoff_fract < 1.0:
+        raise RelionPyError(f"--cutoff_fract must be in [0, 1) (got {opts.cutoff_fract})")
+    for name in ("taper", "cone_angle", "cone_sig0"):
+        if getattr(opts, name) < 0:
+            raise RelionPyError(f"--{name} must not be negative (got {getattr(opts, name)})")
     if opts.min_frames < 0:
         raise RelionPyError("--min_frames must not be negative")
     if opts.j < 1:
@@ -182,33 +192,38 @@ def extract_subtomograms(opts, command=None):
     particles = ParticleSet(files.particles, tomograms)
     trajectories = Trajectories(files.trajectories) if files.trajectories else None
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        if opts.only_do_unfinished:
-            remove_stale_temporaries(out_dir)
-        _write_note(out_dir, command or command_line(opts))
-        kept = _select_particles(opts, sizes, tomograms, particles, trajectories)
-        n_removed = len(particles) - sum(len(g.rows) for g in kept.values())
-        if n_removed:
-            warn("One particle was removed because it was too close to the edge in all images." if n_removed == 1
-                 else f"{n_removed} particles were removed because they were too close to the edge in all images.")
-        roots = _output_roots(out_dir, particles, kept)
-        files_out = _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, trajectories, kept, roots,
-                                        n_removed)
-        # QUIRK: aberrations are evaluated once, at binning × the pixel size of the first optics group
-        aberrations = aberration_tables(particles.optics, sizes.box, opts.bin * particles.optics_pixel_size[0])
-        sums = _Sums(sizes.crop) if opts.sum and not opts.stack2d else None
-        n_images = 0
-        for tomo in tomograms:
-            if tomo.name in kept and len(kept[tomo.name].rows):
-                n_images += _extract_tomogram(opts, sizes, threads, tomo, particles, kept[tomo.name], roots,
-                                              aberrations, sums)
-        if sums is not None:
-            sums.write(opts, out_dir, opts.bin * tomograms.tomograms[0].pixel_size)
-        return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
-                             n_particles=sum(len(g.rows) for g in kept.values()), n_removed=n_removed,
-                             n_tilt_images=n_images)
+        refuse_overwriting_inputs([out_dir + n for n in OUTPUT_FILES], tomograms.files() + [
+            files.particles, files.trajectories, files.manifolds, files.tomograms, opts.i])
+        check_writable_folder(out_dir)
+        with tidy_on_failure(out_dir):
+            return _extract_all(opts, command, sizes, threads, out_dir, files, tomograms, particles, trajectories)
     finally:
         tomograms.close()
+
+
+def _extract_all(opts, command, sizes, threads, out_dir, files, tomograms, particles, trajectories):
+    """Everything an extraction writes into ``out_dir`` (which exists)."""
+    if opts.only_do_unfinished:
+        remove_stale_temporaries(out_dir)
+    _write_note(out_dir, command or command_line(opts))
+    kept = _select_particles(opts, sizes, tomograms, particles, trajectories)
+    n_removed = len(particles) - sum(len(g.rows) for g in kept.values())
+    roots = _output_roots(out_dir, particles, kept)
+    files_out = _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, trajectories, kept, roots,
+                                    n_removed)
+    # QUIRK: aberrations are evaluated once, at binning × the pixel size of the first optics group
+    aberrations = aberration_tables(particles.optics, sizes.box, opts.bin * particles.optics_pixel_size[0])
+    sums = _Sums(sizes.crop) if opts.sum and not opts.stack2d else None
+    n_images = 0
+    for tomo in tomograms:
+        if tomo.name in kept and len(kept[tomo.name].rows):
+            n_images += _extract_tomogram(opts, sizes, threads, tomo, particles, kept[tomo.name], roots,
+                                          aberrations, sums)
+    if sums is not None:
+        sums.write(opts, out_dir, opts.bin * tomograms.tomograms[0].pixel_size)
+    return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
+                         n_particles=sum(len(g.rows) for g in kept.values()), n_removed=n_removed,
+                         n_tilt_images=n_images)
 
 
 def _write_note(out_dir, words):
@@ -220,17 +235,27 @@ def _select_particles(opts, sizes, tomograms, particles, trajectories):
     """The visibility pass of ``writeParticleSet``: per tomogram, the geometry of the particles that are
     visible in at least --min_frames frames (radius bin·crop/2, --max_dose)."""
     radius = opts.bin * sizes.crop / 2.0
-    kept = {}
+    kept, n_nowhere, n_few = {}, 0, 0
     for tomo in tomograms:
         rows = particles.rows_of(tomo.name)
         if not len(rows):
             continue
         geom = particle_geometry(particles, rows, tomo, not opts.dont_apply_offsets or opts.apply_orientations,
                                  radius, opts.max_dose, trajectories)
-        keep = geom.visible.sum(axis=1) >= max(opts.min_frames, 1)
+        n_visible = geom.visible.sum(axis=1)
+        keep = n_visible >= max(opts.min_frames, 1)
+        n_nowhere += int((n_visible == 0).sum())
+        n_few += int(((n_visible > 0) & ~keep).sum())
         for name in ("rows", "positions", "centres", "depth", "visible"):
             setattr(geom, name, getattr(geom, name)[keep])
         kept[tomo.name] = geom
+    if n_nowhere:
+        warn("One particle was removed because it was too close to the edge in all images." if n_nowhere == 1
+             else f"{n_nowhere} particles were removed because they were too close to the edge in all images.")
+    if n_few:
+        limit = " with a pre-exposure up to --max_dose" if opts.max_dose > 0 else ""
+        warn(f"{n_few} particle(s) were removed because they are visible in fewer than --min_frames "
+             f"{opts.min_frames} images{limit}.")
     return kept
 
 
