@@ -39,7 +39,7 @@ from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..tomography.symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
-from ..tomography.particle_tilts import extract_spectra, particle_geometry, particle_tilt_items
+from ..tomography.particle_tilts import NonFinitePixels, extract_spectra, particle_geometry, particle_tilt_items
 
 REC = "Reconstruction options"
 SYM = "Symmetry"
@@ -188,8 +188,8 @@ def reconstruct_particle(opts, command=None):
 
         refuse_overwriting_inputs(_output_files(out_dir), tomograms.files() + [
             files.particles, files.trajectories, files.manifolds, files.tomograms, opts.i])
-        check_writable_folder(out_dir)
         with tidy_on_failure(out_dir):
+            check_writable_folder(out_dir)
             return _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms, particles,
                                      halves_of, n_half, pixel_size, operators, geoms, n_visible, n_slices)
     finally:
@@ -224,8 +224,11 @@ def _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms,
         geom = geoms.get(tomo.name)
         if geom is None:
             continue
-        _backproject_tomogram(opts, square, threads, tomo, tt, len(tomograms), particles, geom, halves_of,
-                              pixel_size, aberrations, acc)
+        try:
+            _backproject_tomogram(opts, square, threads, tomo, tt, len(tomograms), particles, geom, halves_of,
+                                  pixel_size, aberrations, acc)
+        except NonFinitePixels as e:
+            raise e.naming(tomo) from None
         if not opts.no_backup:
             _fold(acc)
             _write_checkpoint(tmp_root, tt, acc[0])

@@ -33,7 +33,8 @@ from ..runtime.progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
-from ..tomography.particle_tilts import extract_spectra, extract_stack2d, particle_geometry, particle_tilt_items
+from ..tomography.particle_tilts import (NonFinitePixels, extract_spectra, extract_stack2d, particle_geometry,
+                                         particle_tilt_items)
 
 IO = INPUT_GROUP
 BOX = "Box and binning"
@@ -194,8 +195,8 @@ def extract_subtomograms(opts, command=None):
     try:
         refuse_overwriting_inputs([out_dir + n for n in OUTPUT_FILES], tomograms.files() + [
             files.particles, files.trajectories, files.manifolds, files.tomograms, opts.i])
-        check_writable_folder(out_dir)
         with tidy_on_failure(out_dir):
+            check_writable_folder(out_dir)
             return _extract_all(opts, command, sizes, threads, out_dir, files, tomograms, particles, trajectories)
     finally:
         tomograms.close()
@@ -355,21 +356,28 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, roots, aberra
     files = [roots[geom.rows[k]] for k in selection]
     writer = BackgroundWriter()
     try:
-        with Progress(f"Extracting {tomo.name}", len(selection)) as bar:
-            for k, result in enumerate(map_in_order(job, len(selection), threads)):
-                if opts.stack2d:
-                    writer.submit(write_mrc, files[k] + suffix, result, job.pixel_size, stack=True,
-                                  float16=opts.float16)
-                else:
-                    if sums is not None:
-                        sums.add(*result)
-                    if not opts.no_writing:
-                        writer.submit(_write_volume_outputs, opts, files[k], *result, sizes.crop, job.pixel_size)
-                bar.advance(1)
-                count_finished()
+        _write_tomogram(opts, sizes, threads, job, selection, files, suffix, sums, writer, tomo.name)
+    except NonFinitePixels as e:
+        raise e.naming(tomo) from None
     finally:
         writer.close()
     return int(job.bounds[-1])
+
+
+def _write_tomogram(opts, sizes, threads, job, selection, files, suffix, sums, writer, name):
+    """Extract the selected particles of one tomogram on ``threads`` workers and hand their files to ``writer``."""
+    with Progress(f"Extracting {name}", len(selection)) as bar:
+        for k, result in enumerate(map_in_order(job, len(selection), threads)):
+            if opts.stack2d:
+                writer.submit(write_mrc, files[k] + suffix, result, job.pixel_size, stack=True,
+                              float16=opts.float16)
+            else:
+                if sums is not None:
+                    sums.add(*result)
+                if not opts.no_writing:
+                    writer.submit(_write_volume_outputs, opts, files[k], *result, sizes.crop, job.pixel_size)
+            bar.advance(1)
+            count_finished()
 
 
 class _TomogramJob:
