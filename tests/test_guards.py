@@ -53,7 +53,8 @@ def test_resume_redoes_a_particle_missing_its_weights(project, capsys):
     stale.write_bytes(b"partial")
     status, err = run(project, extract.main, argv + ["--only_do_unfinished"], capsys)
     assert status == 0, err
-    assert weights.read_bytes() == expected
+    redone = weights.read_bytes()
+    assert redone[:224] + redone[304:] == expected[:224] + expected[304:]     # all but the MRC date label
     assert not temporaries(project / "r")
 
 

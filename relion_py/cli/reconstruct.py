@@ -67,6 +67,9 @@ def parse_image_options(argv):
     return ReconstructImagesOptions(**vars(ns))
 
 
+def _tilt_series(argv):
+    opts = parse_options(ReconstructParticleOptions, argv, PROG, "Tilt-series mode (relion_tomo_reconstruct_particle)")
+    reconstruct_particle(opts, command=[PROG] + list(argv))
 
 
 def main(argv=None):
@@ -80,9 +83,7 @@ def main(argv=None):
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     if mode == "tilt_series":
-        opts = parse_options(ReconstructParticleOptions, argv, PROG,
-                             "Tilt-series mode (relion_tomo_reconstruct_particle)")
-        return run_cli(PROG, lambda: reconstruct_particle(opts, command=[PROG] + argv), opts.pipeline_control)
+        return run_cli(PROG, lambda: _tilt_series(argv), _value(argv, "--pipeline_control") or "")
     opts = parse_image_options(argv)
     return run_cli(PROG, lambda: reconstruct_images(opts))
 
