@@ -234,14 +234,21 @@ def test_no_comb_and_only_do_unfinished(project):
     assert not list(out.rglob("*_weights.mrc")) and len(list(out.rglob("*_data.mrc"))) == 20
     star = read_star(out / "particles.star")["particles"]
     assert all(str(v).endswith("_weights.mrc") for v in star["rlnCtfImage"])   # still named, as in RELION
-    # --only_do_unfinished skips particles whose _data.mrc exists (whatever it holds), redoes the others
+    # --only_do_unfinished skips particles all of whose files exist (whatever they hold), redoes the others:
+    # with --no_comb that is _data.mrc alone
     marker = out / "Subtomograms" / "TS_01" / "3_data.mrc"
     marker.write_bytes(b"placeholder")
     (out / "Subtomograms" / "TS_01" / "5_data.mrc").unlink()
-    run(project, E_ARGS + ["--only_do_unfinished"], "nocomb")
+    run(project, E_ARGS + ["--no_comb", "--only_do_unfinished"], "nocomb")
     assert marker.read_bytes() == b"placeholder"
-    assert not (out / "Subtomograms" / "TS_01" / "3_weights.mrc").exists()
-    assert (out / "Subtomograms" / "TS_01" / "5_weights.mrc").exists()
+    assert not list(out.rglob("*_weights.mrc"))
+    # without --no_comb every particle lacks its _weights.mrc: all are redone
+    run(project, E_ARGS + ["--only_do_unfinished"], "nocomb")
+    assert marker.read_bytes() != b"placeholder"
+    assert len(list(out.rglob("*_weights.mrc"))) == 20
+    ok, report = compare_with_relion(FIXTURES / "e_subtomo_3d" / "Subtomograms" / "TS_01" / "5_data.mrc",
+                                     out / "Subtomograms" / "TS_01" / "5_data.mrc")
+    assert ok, report
     ok, report = compare_with_relion(FIXTURES / "e_subtomo_3d" / "Subtomograms" / "TS_01" / "5_data.mrc",
                                      out / "Subtomograms" / "TS_01" / "5_data.mrc")
     assert ok, report
@@ -249,7 +256,8 @@ def test_no_comb_and_only_do_unfinished(project):
 
 def test_every_particle_dropped_writes_an_empty_table_and_exits_0(project, capsys):
     out = run(project, E_ARGS + ["--min_frames", "41"], "none_left")
-    assert "20 particles were removed" in capsys.readouterr().err
+    assert "20 particle(s) were removed because they are visible in fewer than --min_frames 41" in \
+        capsys.readouterr().err
     # like RELION's MetaDataTable::write, the empty particle table is left out of particles.star
     blocks = read_star(out / "particles.star")
     assert "optics" in blocks and len(blocks.get("particles", [])) == 0

@@ -188,7 +188,8 @@ def test_graphql_faults(portal, tmp_path):
     assert project.n_particles == 12
     with _edited_portal(portal, tmp_path, lambda t: None) as server:
         url = server.graphql_url
-    with pytest.raises(RelionPyError, match=r"Portal query for Run at http://127.0.0.1:\d+/graphql failed"):
+    with pytest.raises(RelionPyError, match=r"^cannot reach the portal at http://127.0.0.1:\d+/graphql: check the "
+                                            r"network or --url$"):
         _project(portal, tmp_path / "b", url=url)    # nothing listens there any more
     portal.server.add_fault(".ndjson", "500", times=10)
     with pytest.raises(RelionPyError, match=r"cannot read http://.*\.ndjson: HTTP 500 \(4 attempts\)"):

@@ -16,7 +16,7 @@ pseudo-subtomograms (<particle>_data.mrc + _weights.mrc), <o>/particles.star, <o
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     opts = parse_options(ExtractOptions, argv, PROG, DESCRIPTION)
-    return run_cli(PROG, lambda: run_extraction(opts, [PROG] + argv))
+    return run_cli(PROG, lambda: run_extraction(opts, [PROG] + argv), opts.pipeline_control)
 
 
 def run_extraction(opts, command):

@@ -57,7 +57,7 @@ def main(argv=None):
             extract_opts.i = project.optimisation_set
             run_extraction(extract_opts, command=["relion-py-extract"] + extract_argv
                            + ["--i", project.optimisation_set])
-    return run_cli(PROG, run)
+    return run_cli(PROG, run, extract_opts.pipeline_control if split < len(argv) else "")
 
 
 if __name__ == "__main__":

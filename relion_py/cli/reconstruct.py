@@ -81,7 +81,7 @@ def main(argv=None, mode=None):
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     if mode == "tilt_series":
-        return run_cli(PROG, lambda: _tilt_series(argv))
+        return run_cli(PROG, lambda: _tilt_series(argv), _value(argv, "--pipeline_control") or "")
     opts = parse_image_options(argv)
     return run_cli(PROG, lambda: reconstruct_images(single_process(opts)))
 

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cryoet_data_portal as cdp
+from gql.transport.exceptions import TransportConnectionFailed
 
 from ..runtime.errors import RelionPyError
 from ..io.remote import fetch_file
@@ -35,9 +36,23 @@ def _find(model, client, *filters):
     try:
         return model.find(client, list(filters))
     except Exception as exc:  # noqa: BLE001 - gql/requests raise many types
+        if _unreachable(exc):
+            raise RelionPyError(f"cannot reach the portal at {client.url}: check the network or --url") from None
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise RelionPyError(f"CryoET Data Portal query for {model.__name__} at {client.url} failed: "
                             f"{type(exc).__name__}: {reason}") from None
+
+
+def _unreachable(exc):
+    """Whether ``exc`` (or what caused it) says the server could not be connected to: gql's
+    TransportConnectionFailed, or an OSError (requests' ConnectionError, refused sockets, DNS failures)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (TransportConnectionFailed, OSError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _one_file_per_shape(files, alignments):

@@ -21,7 +21,8 @@ import numba
 import numpy as np
 
 from ..io.mrc import write_mrc
-from ..io.particle_images import ImageReader
+from ..io.output_folder import refuse_overwriting_inputs
+from ..io.particle_images import ImageReader, image_path
 from ..io.star import read_star
 from ..kernels.classic.reconstruct_grid import Grid, backproject_all, reconstruct_grid
 from ..project.observation_model import load_particles
@@ -176,6 +177,10 @@ def _check_options(opts):
     if out_dir and not os.path.isdir(out_dir):
         raise RelionPyError(f"output folder {out_dir}/ does not exist (relion_reconstruct does not create "
                             "it; mkdir it first)")
+    if os.path.isdir(opts.o):
+        raise RelionPyError(f"--o {opts.o}: is a folder; --o names the output map file")
+    if not os.access(out_dir or ".", os.W_OK | os.X_OK):
+        raise RelionPyError(f"--o {opts.o}: the folder {out_dir or '.'} is not writable")
     point_group_operators(opts.sym)        # bad symmetry names fail before the long part
 
 
@@ -186,6 +191,8 @@ def reconstruct_images(opts):
     threads = max(1, int(opts.j))
     reader = ImageReader(opts.img)
     parts, n_box, angpix, data_dim, n_all = load_particles(opts, reader)
+    refuse_overwriting_inputs([opts.o], [opts.i, opts.fsc] + sorted(
+        {image_path(name, opts.img)[0] for name in parts.names + [c for c in parts.ctf_names or [] if c]}))
     if opts.verb > 0:
         info(f"{len(parts.names)} of {n_all} particles, {data_dim}-D data, box {n_box}, "
              f"pixel size {angpix:g} A")

@@ -21,12 +21,15 @@ import numpy as np
 from ..tomography.aberrations import aberration_tables
 from ..tomography.dose import dose_weights, dose_x_ranges
 from ..runtime.errors import RelionPyError
+from ..io.atomic import remove_stale_temporaries
+from ..io.output_folder import check_writable_folder, refuse_overwriting_inputs, tidy_on_failure
 from ..runtime.fftw_plans import RealFFT
 from ..tomography.half_grid import half_to_centred_full
 from ..io.mrc import read_mrc, write_mrc
 from ..kernels.tomography import map_finalisation as fin
 from ..kernels.tomography.extraction import weight_spectra
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
+from ..runtime.job_control import count_finished
 from ..runtime.log import info, warn
 from ..tomography.noise import noise_weights
 from ..runtime.cluster_options import ClusterOptions
@@ -37,7 +40,7 @@ from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..tomography.symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
-from ..tomography.particle_tilts import extract_spectra, particle_geometry, particle_tilt_items
+from ..tomography.particle_tilts import NonFinitePixels, extract_spectra, particle_geometry, particle_tilt_items
 
 REC = "Reconstruction options"
 SYM = "Symmetry"
@@ -123,6 +126,8 @@ def _validate(opts):
     for name in ("j", "j_in", "j_out"):
         if getattr(opts, name) < 1:
             raise RelionPyError(f"--{name} must be at least 1")
+    if not 0.0 <= opts.cutoff_fract < 1.0:
+        raise RelionPyError(f"--cutoff_fract must be in [0, 1) (got {opts.cutoff_fract})")
     if opts.taper < 0:
         raise RelionPyError(f"--taper must not be negative (got {opts.taper})")
     if opts.nr_helical_asu < 1:
@@ -182,43 +187,66 @@ def reconstruct_particle(opts, command=None):
         if n_hidden:
             warn(f"{n_hidden} particle(s) are not visible in any tilt image and contribute nothing.")
 
-        os.makedirs(out_dir + "temp", exist_ok=True)
-        if not opts.pipeline_control:                       # RELION skips note.txt under pipeline control
-            _write_note(out_dir, command or command_line(opts))
-        sh = s // 2 + 1
-        acc = np.zeros((n_acc, n_half, s, s, sh, 3))    # [..., (Re D, Im D, W)]
-        aberrations = aberration_tables(particles.optics, s, pixel_size)
-        tmp_root = out_dir + "temp/sum_"
-        start, previous = 0, -1
-        if opts.only_do_unfinished:
-            start, previous = _resume(tmp_root, len(tomograms), acc)
-        for tt in range(start, len(tomograms)):
-            tomo = tomograms.tomograms[tt]
-            geom = geoms.get(tomo.name)
-            if geom is None:
-                continue
-            _backproject_tomogram(opts, square, threads, tomo, tt, len(tomograms), particles, geom, halves_of,
-                                  pixel_size, aberrations, acc)
-            if not opts.no_backup:
-                _fold(acc)
-                _write_checkpoint(tmp_root, tt, acc[0])
-                if previous > -1:
-                    _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
-                previous = tt
-        _fold(acc)
-        maps = []
-        if not opts.no_recon:
-            data = acc[0, ..., 0] + 1j * acc[0, ..., 1]
-            weight = acc[0, ..., 2].copy()
-            del acc
-            maps = _finalise(opts, out_dir, data, weight, operators, pixel_size, threads)
-            _remove(glob.glob(tmp_root + "*.mrc"))
-        if opts.pipeline_control:
-            open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
-        return ReconstructParticleResult(output_dir=out_dir, maps=maps, n_particles=n_visible,
-                                         n_slices=n_slices, pixel_size=pixel_size)
+        refuse_overwriting_inputs(_output_files(out_dir), tomograms.files() + [
+            files.particles, files.trajectories, files.manifolds, files.tomograms, opts.i])
+        with tidy_on_failure(out_dir):
+            check_writable_folder(out_dir)
+            return _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms, particles,
+                                     halves_of, n_half, pixel_size, operators, geoms, n_visible, n_slices)
     finally:
         tomograms.close()
+
+
+def _output_files(out_dir):
+    """The files a reconstruction writes into its output folder (besides temp/)."""
+    tags = ("half1", "half2", "merged")
+    return [out_dir + "note.txt"] + [f"{out_dir}{kind}{tag}{end}.mrc" for tag in tags
+                                     for kind, end in (("data_", ""), ("weight_", ""), ("", "_full"), ("", ""))]
+
+
+def _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms, particles, halves_of, n_half,
+                      pixel_size, operators, geoms, n_visible, n_slices):
+    """Backprojection with per-tomogram checkpoints, then the maps, into ``out_dir`` (which exists)."""
+    s = opts.b
+    os.makedirs(out_dir + "temp", exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir + "temp")
+    if not opts.pipeline_control:                       # RELION skips note.txt under pipeline control
+        _write_note(out_dir, command or command_line(opts))
+    sh = s // 2 + 1
+    acc = np.zeros((n_acc, n_half, s, s, sh, 3))    # [..., (Re D, Im D, W)]
+    aberrations = aberration_tables(particles.optics, s, pixel_size)
+    tmp_root = out_dir + "temp/sum_"
+    start, previous = 0, -1
+    if opts.only_do_unfinished:
+        start, previous = _resume(tmp_root, len(tomograms), acc)
+    for tt in range(start, len(tomograms)):
+        tomo = tomograms.tomograms[tt]
+        geom = geoms.get(tomo.name)
+        if geom is None:
+            continue
+        try:
+            _backproject_tomogram(opts, square, threads, tomo, tt, len(tomograms), particles, geom, halves_of,
+                                  pixel_size, aberrations, acc)
+        except NonFinitePixels as e:
+            raise e.naming(tomo) from None
+        if not opts.no_backup:
+            _fold(acc)
+            _write_checkpoint(tmp_root, tt, acc[0])
+            count_finished(1, "tomograms (checkpoints in temp/)")
+            if previous > -1:
+                _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
+            previous = tt
+    _fold(acc)
+    maps = []
+    if not opts.no_recon:
+        data = acc[0, ..., 0] + 1j * acc[0, ..., 1]
+        weight = acc[0, ..., 2].copy()
+        del acc
+        maps = _finalise(opts, out_dir, data, weight, operators, pixel_size, threads)
+        _remove(glob.glob(tmp_root + "*.mrc"))
+    return ReconstructParticleResult(output_dir=out_dir, maps=maps, n_particles=n_visible,
+                                     n_slices=n_slices, pixel_size=pixel_size)
 
 
 def _write_note(out_dir, words):

@@ -18,11 +18,13 @@ from ..runtime.fftw_plans import RealFFT
 from ..tomography.geometry import matrix_to_euler
 from ..io.mrc import write_mrc
 from ..io.star import write_star
-from ..tomography.half_grid import half_to_centred_full
 from ..kernels.tomography.extraction import crop_circle, weight_spectra
 from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_slices_forward
-from ..kernels.tomography.volume_filters import cone_weight, divide_heuristic, divide_wiener, taper
+from ..kernels.tomography.volume_filters import cone_weight
+from ..runtime.job_control import count_finished
 from ..runtime.log import info, warn
+from ..io.atomic import remove_stale_temporaries
+from ..io.output_folder import check_writable_folder, refuse_overwriting_inputs, tidy_on_failure
 from ..tomography.noise import noise_weights
 from ..runtime.cluster_options import ClusterOptions, wants_cluster
 from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
@@ -31,7 +33,9 @@ from ..runtime.progress import Progress
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
-from ..tomography.particle_tilts import extract_spectra, extract_stack2d, particle_geometry, particle_tilt_items
+from ..tomography.subtomo_files import Sums, output_suffixes, write_volume_outputs
+from ..tomography.particle_tilts import (NonFinitePixels, extract_spectra, extract_stack2d, particle_geometry,
+                                         particle_tilt_items)
 
 IO = INPUT_GROUP
 BOX = "Box and binning"
@@ -91,6 +95,10 @@ class ExtractOptions(ClusterOptions, ProjectInputs):
                                    RUN, metavar="DIR")
 
 
+#: the files an extraction writes into its output folder (besides Subtomograms/)
+OUTPUT_FILES = ("note.txt", "particles.star", "optimisation_set.star", "motion.star")
+
+
 @dataclass
 class Sizes:
     """Derived box sizes (``SubtomoProgram::run``)."""
@@ -118,6 +126,11 @@ def derive_sizes(opts):
                             "choose sizes whose unbinned square is even")
     if binning != 1.0 and int(square / binning + 0.5) != box:
         raise RelionPyError(f"--bin {binning} cannot Fourier-crop a {square}-px square to --b {box}")
+    if not 0.0 <= opts.cutoff_fract < 1.0:
+        raise RelionPyError(f"--cutoff_fract must be in [0, 1) (got {opts.cutoff_fract})")
+    for name in ("taper", "cone_angle", "cone_sig0"):
+        if getattr(opts, name) < 0:
+            raise RelionPyError(f"--{name} must not be negative (got {getattr(opts, name)})")
     if opts.min_frames < 0:
         raise RelionPyError("--min_frames must not be negative")
     if opts.j < 1:
@@ -180,29 +193,12 @@ def extract_subtomograms(opts, command=None, run_batches=None):
             warn(f"{', '.join(ignored)} only affect 3-D pseudo-subtomograms; ignored with --stack2d (as in RELION)")
     run = ExtractionRun(opts)
     try:
-        os.makedirs(run.out_dir, exist_ok=True)
-        _write_note(run.out_dir, command or command_line(opts))
-        run.select()
-        kept = run.kept
-        n_removed = len(run.particles) - sum(len(g.rows) for g in kept.values())
-        if n_removed:
-            warn("One particle was removed because it was too close to the edge in all images." if n_removed == 1
-                 else f"{n_removed} particles were removed because they were too close to the edge in all images.")
-        if run_batches is None:
-            files_out = run.write_particle_set(n_removed)
-            sums = _Sums(run.sizes.crop) if opts.sum and not opts.stack2d else None
-            n_images = sum(run.extract(name, 0, len(geom.rows), run.threads, sums) for name, geom in kept.items()
-                           if len(geom.rows))
-            if sums is not None:
-                sums.write(opts, run.out_dir, opts.bin * run.tomograms.tomograms[0].pixel_size)
-        else:
-            n_images = run_batches(run)
-            files_out = run.write_particle_set(n_removed)
-        if opts.pipeline_control:
-            open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
-        return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
-                             n_particles=sum(len(g.rows) for g in kept.values()), n_removed=n_removed,
-                             n_tilt_images=n_images)
+        out_dir = run.out_dir
+        refuse_overwriting_inputs([out_dir + n for n in OUTPUT_FILES], run.tomograms.files() + [
+            run.files.particles, run.files.trajectories, run.files.manifolds, run.files.tomograms, opts.i])
+        with tidy_on_failure(out_dir):
+            check_writable_folder(out_dir)
+            return _extract_all(run, command, run_batches)
     finally:
         run.close()
 
@@ -257,6 +253,30 @@ class ExtractionRun:
         self.tomograms.close()
 
 
+def _extract_all(run, command, run_batches):
+    """Everything an extraction writes into its output folder (which exists)."""
+    opts = run.opts
+    if opts.only_do_unfinished:
+        remove_stale_temporaries(run.out_dir)
+    _write_note(run.out_dir, command or command_line(opts))
+    run.select()
+    kept = run.kept
+    n_removed = len(run.particles) - sum(len(g.rows) for g in kept.values())
+    if run_batches is None:
+        files_out = run.write_particle_set(n_removed)
+        sums = Sums(run.sizes.crop) if opts.sum and not opts.stack2d else None
+        n_images = sum(run.extract(name, 0, len(geom.rows), run.threads, sums) for name, geom in kept.items()
+                       if len(geom.rows))
+        if sums is not None:
+            sums.write(opts, run.out_dir, opts.bin * run.tomograms.tomograms[0].pixel_size)
+    else:
+        n_images = run_batches(run)
+        files_out = run.write_particle_set(n_removed)
+    return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
+                         n_particles=sum(len(g.rows) for g in kept.values()), n_removed=n_removed,
+                         n_tilt_images=n_images)
+
+
 def _write_note(out_dir, words):
     with open(out_dir + "note.txt", "w") as fh:
         fh.write("Command:\n\n" + "".join(w + " " for w in words) + "\n")
@@ -266,17 +286,27 @@ def _select_particles(opts, sizes, tomograms, particles, trajectories):
     """The visibility pass of ``writeParticleSet``: per tomogram, the geometry of the particles that are
     visible in at least --min_frames frames (radius bin·crop/2, --max_dose)."""
     radius = opts.bin * sizes.crop / 2.0
-    kept = {}
+    kept, n_nowhere, n_few = {}, 0, 0
     for tomo in tomograms:
         rows = particles.rows_of(tomo.name)
         if not len(rows):
             continue
         geom = particle_geometry(particles, rows, tomo, not opts.dont_apply_offsets or opts.apply_orientations,
                                  radius, opts.max_dose, trajectories)
-        keep = geom.visible.sum(axis=1) >= max(opts.min_frames, 1)
+        n_visible = geom.visible.sum(axis=1)
+        keep = n_visible >= max(opts.min_frames, 1)
+        n_nowhere += int((n_visible == 0).sum())
+        n_few += int(((n_visible > 0) & ~keep).sum())
         for name in ("rows", "positions", "centres", "depth", "visible"):
             setattr(geom, name, getattr(geom, name)[keep])
         kept[tomo.name] = geom
+    if n_nowhere:
+        warn("One particle was removed because it was too close to the edge in all images." if n_nowhere == 1
+             else f"{n_nowhere} particles were removed because they were too close to the edge in all images.")
+    if n_few:
+        limit = " with a pre-exposure up to --max_dose" if opts.max_dose > 0 else ""
+        warn(f"{n_few} particle(s) were removed because they are visible in fewer than --min_frames "
+             f"{opts.min_frames} images{limit}.")
     return kept
 
 
@@ -361,11 +391,18 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, part, roots, 
     tilt images extracted."""
     suffix = "_stack2d.mrcs" if opts.stack2d else "_data.mrc"
     rows = geom.rows[part]
-    todo = np.array([not (opts.only_do_unfinished and os.path.exists(roots[r] + suffix)) for r in rows], bool)
+    outputs = output_suffixes(opts)
+    folders = sorted({os.path.dirname(roots[r]) for r in rows})
+    if opts.only_do_unfinished:
+        for folder in folders:
+            remove_stale_temporaries(folder)
+    todo = np.array([not (opts.only_do_unfinished and all(os.path.exists(roots[r] + x) for x in outputs))
+                     for r in rows], bool)
     selection = part.start + np.flatnonzero(todo)
     if opts.only_do_unfinished and len(selection) < len(rows):
-        info(f"{tomo.name}: skipping {len(rows) - len(selection)} particles whose {suffix} file exists")
-    for folder in sorted({os.path.dirname(roots[r]) for r in rows}):
+        info(f"{tomo.name}: skipping {len(rows) - len(selection)} particles whose output files "
+             f"({', '.join(outputs)}) all exist")
+    for folder in folders:
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
@@ -374,20 +411,28 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, part, roots, 
     files = [roots[geom.rows[k]] for k in selection]
     writer = BackgroundWriter()
     try:
-        with Progress(f"Extracting {tomo.name}", len(selection)) as bar:
-            for k, result in enumerate(map_in_order(job, len(selection), threads)):
-                if opts.stack2d:
-                    writer.submit(write_mrc, files[k] + suffix, result, job.pixel_size, stack=True,
-                                  float16=opts.float16)
-                else:
-                    if sums is not None:
-                        sums.add(*result)
-                    if not opts.no_writing:
-                        writer.submit(_write_volume_outputs, opts, files[k], *result, sizes.crop, job.pixel_size)
-                bar.advance(1)
+        _write_tomogram(opts, sizes, threads, job, selection, files, suffix, sums, writer, tomo.name)
+    except NonFinitePixels as e:
+        raise e.naming(tomo) from None
     finally:
         writer.close()
     return int(job.bounds[-1])
+
+
+def _write_tomogram(opts, sizes, threads, job, selection, files, suffix, sums, writer, name):
+    """Extract the selected particles of one tomogram on ``threads`` workers and hand their files to ``writer``."""
+    with Progress(f"Extracting {name}", len(selection)) as bar:
+        for k, result in enumerate(map_in_order(job, len(selection), threads)):
+            if opts.stack2d:
+                writer.submit(write_mrc, files[k] + suffix, result, job.pixel_size, stack=True,
+                              float16=opts.float16)
+            else:
+                if sums is not None:
+                    sums.add(*result)
+                if not opts.no_writing:
+                    writer.submit(write_volume_outputs, opts, files[k], *result, sizes.crop, job.pixel_size)
+            bar.advance(1)
+            count_finished()
 
 
 class _TomogramJob:
@@ -480,31 +525,6 @@ class _Workspace:
             self.insertion = InsertionWorkspace(1, sizes.crop, data=self.volume.spectra)
 
 
-class _Sums:
-    """``--sum``: the float32 sums of all data volumes and CTF² volumes (in particle order; RELION's order
-    depends on its thread schedule), written as sum_data.mrc, sum_weight.mrc (full, centred) and the
-    CTF-divided sum_div.mrc (Wiener with --SNR, else the heuristic; no taper)."""
-
-    def __init__(self, size):
-        self.data = np.zeros((size, size, size), np.float32)
-        self.weights = np.zeros((size, size, size // 2 + 1), np.float32)
-
-    def add(self, data, ctf_mult):
-        self.data += data
-        self.weights += ctf_mult[:len(data)]
-
-    def write(self, opts, out_dir, pixel_size):
-        import scipy.fft   # only the 3-D extras use it: not imported at start-up (0.1 s)
-        write_mrc(out_dir + "sum_data.mrc", self.data, pixel_size)
-        write_mrc(out_dir + "sum_weight.mrc", half_to_centred_full(self.weights), pixel_size)
-        spectrum = scipy.fft.rfftn(self.data, norm="ortho")
-        if opts.SNR > 0.0:
-            divide_wiener(spectrum, self.weights, 1.0 / opts.SNR)
-        else:
-            divide_heuristic(spectrum, self.weights, 0.001)
-        write_mrc(out_dir + "sum_div.mrc", scipy.fft.irfftn(spectrum, s=self.data.shape, norm="ortho"), pixel_size)
-
-
 def insertion_axes(rotations, frames, scale):
     """u, v (rows 0 and 1) of ``(P_f · A) · relative_box_scale`` per item, as RELION's t4Matrix product
     evaluates them (left-to-right sums over k). rotations: (n, 3, 3) R_f; frames: (n, 3, 3) A. → (n, 2, 3)."""
@@ -514,36 +534,3 @@ def insertion_axes(rotations, frames, scale):
             out[:, i, j] = (rotations[:, i, 0] * frames[:, 0, j] + rotations[:, i, 1] * frames[:, 1, j]
                             + rotations[:, i, 2] * frames[:, 2, j]) * scale
     return out
-
-
-def _write_volume_outputs(opts, root, data, ctf_mult, s3, pixel_size):
-    """``<root>_data.mrc``, ``_weights.mrc`` and the optional 3-D outputs of one particle."""
-    import scipy.fft   # only the 3-D extras use it: not imported at start-up (0.1 s)
-    inv_px = 1.0 / pixel_size
-    f16 = opts.float16
-    write_mrc(root + "_data.mrc", data, pixel_size, float16=f16)
-    if not opts.no_comb:
-        write_mrc(root + "_weights.mrc", ctf_mult, inv_px, float16=f16)
-    ctf, mult = ctf_mult[:s3], ctf_mult[s3:]
-    if opts.ctf:
-        write_mrc(root + "_CTF2.mrc", half_to_centred_full(ctf), inv_px, float16=f16)
-    if opts.multi:
-        write_mrc(root + "_multi.mrc", half_to_centred_full(mult), inv_px, float16=f16)
-    if opts.nrm:
-        spectrum = scipy.fft.rfftn(data, norm="ortho")
-        positive = mult > 0
-        safe = np.where(positive, mult, np.float32(1))
-        spectrum = np.where(positive, (spectrum.real / safe) + 1j * (spectrum.imag / safe), 0).astype(np.complex64)
-        ctf_nrm = np.where(positive, ctf / safe, np.float32(0)).astype(np.float32)
-        write_mrc(root + "_data_nrm.mrc", scipy.fft.irfftn(spectrum, s=data.shape, norm="ortho"), pixel_size,
-                  float16=f16)
-        write_mrc(root + "_CTF2_nrm.mrc", half_to_centred_full(ctf_nrm), inv_px, float16=f16)
-    if opts.div:
-        spectrum = scipy.fft.rfftn(data, norm="ortho")
-        if opts.SNR > 0.0:
-            divide_wiener(spectrum, ctf, 1.0 / opts.SNR)
-        else:
-            divide_heuristic(spectrum, ctf, 0.001)
-        divided = scipy.fft.irfftn(spectrum, s=data.shape, norm="ortho")
-        taper(divided, opts.taper, not opts.no_center)
-        write_mrc(root + "_div.mrc", divided, pixel_size, float16=f16)

@@ -161,6 +161,14 @@ class TomogramSet:
             self.tomograms.append(_read_tomogram(row, frames, path))
         self.by_name = {t.name: t for t in self.tomograms}
 
+    def files(self):
+        """Every file this set was read from: tomograms.star, the tilt-series STAR files, the tilt images."""
+        paths = {self.path}
+        for t in self.tomograms:
+            paths.add(str(t.row.get("rlnTomoTiltSeriesStarFile", self.path)))
+            paths.update(str(name).split("@")[-1] for name in t.micrograph_names)
+        return sorted(paths)
+
     def __iter__(self):
         return iter(self.tomograms)
 

@@ -6,6 +6,7 @@ the RELION flag without its ``--`` (RELION's flags use underscores: ``--no_ctf``
 argparse-dataclass cannot make), and :func:`parse_options` returns the dataclass instance.
 """
 import argparse
+import math
 import dataclasses
 
 from .errors import RelionPyError
@@ -53,8 +54,12 @@ def build_parser(options_class, prog, description, epilog=None):
 
 
 def check_supported(options):
-    """Raise on any flag that is accepted by name but not implemented."""
+    """Raise on any flag that is accepted by name but not implemented, and on any number that is not finite
+    (``--bin nan`` would otherwise give all-zero or NaN output, with exit status 0)."""
     for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RelionPyError(f"--{f.metadata.get('flag') or f.name} must be a finite number (got {value})")
         reason = f.metadata.get("unsupported")
         if reason and getattr(options, f.name) != f.default:
             raise RelionPyError(f"option --{f.metadata.get('flag') or f.name} is not supported: {reason}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import project, visible_frames
+from ..runtime.errors import RelionPyError
 from ..kernels.tomography.extraction import crop_circle, stack2d_images
 
 
@@ -106,6 +107,7 @@ def extract_spectra(images, items, fft, circle_precrop):
     n = len(items.frame)
     windows = fft.real[:n]
     images.read_windows(items.frame, items.origins, windows)
+    check_finite_frames(windows, items)
     if circle_precrop:
         crop_circle(windows, boundary=0)
     return fft.forward(n)
@@ -121,8 +123,10 @@ def extract_stack2d(images, items, weighting, square, box, out, circle_precrop, 
     if gathered:
         images.read_windows(items.frame, items.origins, square.real[:n])
         pixels = square.real, np.zeros(n, np.int64)       # unused: the windows are in place
-    return stack2d_images(*pixels, items.origins, gathered, weighting, square.kernel_args(), box.kernel_args(), out,
-                          circle_precrop, boundary, do_crop, grid_precorrect)
+    stack = stack2d_images(*pixels, items.origins, gathered, weighting, square.kernel_args(), box.kernel_args(), out,
+                           circle_precrop, boundary, do_crop, grid_precorrect)
+    check_finite_frames(stack, items)      # a NaN or Inf pixel of a window spreads over its whole image
+    return stack
 
 
 def defocus_per_item(tomogram, geom, items):
@@ -132,3 +136,25 @@ def defocus_per_item(tomogram, geom, items):
     d_f = tomogram.hand * tomogram.pixel_size * tomogram.defocus_slope * geom.depth[items.particle, f]
     return np.stack([tomogram.defocus_u[f] + d_f, tomogram.defocus_v[f] + d_f, tomogram.defocus_angle[f],
                      tomogram.ctf_bfactor[f], tomogram.phase_shift[f], tomogram.ctf_scale[f]], axis=1)
+
+
+class NonFinitePixels(RelionPyError):
+    """A window cut from a tilt image holds NaN or Inf pixels (RELION passes them silently into its output)."""
+
+    def __init__(self, frame):
+        super().__init__(f"frame {frame} has NaN or Inf pixels")
+        self.frame = frame
+
+    def naming(self, tomogram):
+        """The error line, naming the tilt series and the frame's image."""
+        return RelionPyError(f"tilt series {tomogram.name}, frame {self.frame} (row {self.frame + 1}, "
+                             f"{tomogram.micrograph_names[self.frame]}): NaN or Inf pixels where a particle is cut "
+                             "out")
+
+
+def check_finite_frames(values, items):
+    """Raise :class:`NonFinitePixels` naming the frame of the first item of ``values`` (one image per item) that is
+    not finite. Sums in float64 (no overflow from float32 pixels): NaN and Inf make the sum non-finite."""
+    finite = np.isfinite(values.reshape(len(values), -1).sum(axis=1, dtype=np.float64))
+    if not finite.all():
+        raise NonFinitePixels(int(items.frame[int(np.argmin(finite))]))

@@ -1,0 +1,204 @@
+"""Issue 14's guards: resume trusts only complete particles, SIGTERM and RELION's pipeline-control files,
+outputs never overwrite inputs, user mistakes get one line and exit 1, failed runs leave no leftovers."""
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, working_directory
+from relion_py.cli import extract, reconstruct
+from relion_py.cli.common import run_cli
+from relion_py.runtime.errors import RelionPyError
+
+T = ["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star"]
+SMALL = ["--b", "32", "--crop", "24", "--j", "1"]
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A writable copy of the fixture project's inputs."""
+    dest = tmp_path / "project" / "synthetic"
+    shutil.copytree(FIXTURES / "synthetic", dest, ignore=shutil.ignore_patterns("ground_truth", "spa2d"))
+    return dest.parent
+
+
+def run(project, main, argv, capsys):
+    with working_directory(project):
+        status = main(argv)
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def run_quiet(project, main, argv, capsys):
+    """Like :func:`run`, without the progress lines (" ■ ...") and warnings (" ! ...")."""
+    status, err = run(project, main, argv, capsys)
+    return status, [line for line in err if not line.lstrip().startswith(("■", "!"))]
+
+
+def temporaries(root):
+    return [p for p in Path(root).rglob("*") if ".tmp-" in p.name]
+
+
+def test_resume_redoes_a_particle_missing_its_weights(project, capsys):
+    argv = T + SMALL + ["--o", "r/"]
+    assert run(project, extract.main, argv, capsys)[0] == 0
+    folder = project / "r" / "Subtomograms" / "TS_01"
+    weights = sorted(folder.glob("*_weights.mrc"))[0]
+    expected = weights.read_bytes()
+    weights.unlink()
+    stale = folder / ".5_data.mrc.tmp-999999999"            # a killed run's temporary (no such process)
+    stale.write_bytes(b"partial")
+    status, err = run(project, extract.main, argv + ["--only_do_unfinished"], capsys)
+    assert status == 0, err
+    redone = weights.read_bytes()
+    assert redone[:224] + redone[304:] == expected[:224] + expected[304:]     # all but the MRC date label
+    assert not temporaries(project / "r")
+
+
+def test_resume_2d_trusts_existing_stacks(project, capsys):
+    argv = T + SMALL + ["--stack2d", "--o", "r/"]
+    assert run(project, extract.main, argv, capsys)[0] == 0
+    stacks = sorted((project / "r" / "Subtomograms").rglob("*_stack2d.mrcs"))
+    stacks[0].unlink()
+    status, err = run(project, extract.main, argv + ["--only_do_unfinished"], capsys)
+    assert status == 0 and stacks[0].exists()
+    assert any(f"skipping {len(stacks) - 1} particles" in line for line in err), err
+
+
+def _terminate_self():
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(10)                       # never reached: the handler raises at once
+    raise AssertionError("SIGTERM was not handled")
+
+
+@pytest.mark.parametrize("func, status, exit_file", [
+    (lambda: None, 0, "RELION_JOB_EXIT_SUCCESS"),
+    (lambda: (_ for _ in ()).throw(RelionPyError("bad")), 1, "RELION_JOB_EXIT_FAILURE"),
+    (_terminate_self, 143, "RELION_JOB_EXIT_ABORTED"),
+])
+def test_exit_status_and_pipeline_control_file(tmp_path, capsys, func, status, exit_file):
+    control = str(tmp_path) + "/"
+    assert run_cli("prog", func, control) == status
+    assert [p.name for p in tmp_path.iterdir()] == [exit_file]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 1
+    if status == 143:
+        assert "stopped by SIGTERM" in err[0] and "finished" in err[0]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_extract_writes_the_success_file(project, capsys):
+    control = project / "job"
+    control.mkdir()
+    status, err = run(project, extract.main, T + SMALL + ["--stack2d", "--o", "r/", "--pipeline_control", "job/"],
+                      capsys)
+    assert status == 0, err
+    assert [p.name for p in control.iterdir()] == ["RELION_JOB_EXIT_SUCCESS"]
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in Path(root).rglob("*")}
+
+
+def test_output_folder_holding_the_inputs_is_refused(project, capsys):
+    before = _tree(project)
+    (project / "link").symlink_to(project / "synthetic")
+    status, err = run_quiet(project, extract.main, T + SMALL + ["--stack2d", "--o", "link/"], capsys)
+    assert status == 1 and len(err) == 1 and "would overwrite the input" in err[0], err
+    (project / "link").unlink()
+    assert _tree(project) == before
+
+
+def test_reconstruction_output_naming_an_input_is_refused(project, capsys):
+    (project / "out").mkdir()
+    shutil.copy(project / "synthetic" / "tomograms.star", project / "out" / "note.txt")
+    before = _tree(project)
+    argv = ["--t", "out/note.txt", "--p", "synthetic/particles.star"] + SMALL + ["--o", "out/"]
+    status, err = run_quiet(project, reconstruct.main, argv, capsys)
+    assert status == 1 and len(err) == 1 and "would overwrite the input out/note.txt" in err[0], err
+    assert _tree(project) == before
+
+
+def test_image_mode_output_naming_the_input_stack_is_refused(tmp_path, capsys):
+    shutil.copytree(FIXTURES / "synthetic" / "spa2d", tmp_path / "synthetic" / "spa2d")
+    before = _tree(tmp_path)
+    argv = ["--i", "synthetic/spa2d/particles.star", "--o", "synthetic/spa2d/particles.mrcs"]
+    status, err = run_quiet(tmp_path, reconstruct.main, argv, capsys)
+    assert status == 1 and len(err) == 1 and "would overwrite the input" in err[0], err
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("main, extra", [(extract.main, SMALL + ["--stack2d"]), (reconstruct.main, SMALL)])
+def test_output_naming_an_existing_file(project, capsys, main, extra):
+    (project / "taken").write_text("x")
+    for target in ("taken", "taken/sub/"):
+        status, err = run_quiet(project, main, T + extra + ["--o", target], capsys)
+        assert status == 1 and len(err) == 1 and "existing file" in err[0], err
+    assert (project / "taken").read_text() == "x"
+
+
+def test_unwritable_output_folder(project, capsys):
+    (project / "ro").mkdir()
+    (project / "ro").chmod(0o500)
+    # root writes into read-only folders: sysfs refuses new folders to everyone
+    target = "ro/out/" if os.geteuid() != 0 else "/sys/relion_py_out/"
+    try:
+        status, err = run_quiet(project, extract.main, T + SMALL + ["--stack2d", "--o", target], capsys)
+    finally:
+        (project / "ro").chmod(0o700)
+    assert status == 1 and len(err) == 1 and "cannot create the folder" in err[0], err
+
+
+@pytest.mark.parametrize("main, flag", [(extract.main, "--bin"), (extract.main, "--cutoff_fract"),
+                                        (extract.main, "--max_dose"), (reconstruct.main, "--bin"),
+                                        (reconstruct.main, "--SNR")])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused(project, capsys, main, flag, value):
+    status, err = run_quiet(project, main, T + SMALL + [f"{flag}={value}", "--o", "r/"], capsys)
+    assert status == 1 and len(err) == 1 and f"{flag} must be a finite number" in err[0], err
+    assert not (project / "r").exists()
+
+
+def test_cutoff_fract_out_of_range(project, capsys):
+    status, err = run_quiet(project, extract.main, T + SMALL + ["--cutoff_fract", "1.5", "--o", "r/"], capsys)
+    assert status == 1 and "--cutoff_fract must be in [0, 1)" in err[0], err
+
+
+def _poison_frame(project, frame, value):
+    """Write ``value`` over the centre of the image of row ``frame`` of TS_01's tilt-series table."""
+    import mrcfile
+    from relion_py.io.star import read_star
+    name = str(read_star(project / "synthetic" / "tilt_series" / "TS_01.star")["TS_01"]["rlnMicrographName"][frame])
+    index, path = name.split("@")
+    with mrcfile.open(project / path, "r+") as m:
+        h, w = m.data.shape[1:]
+        m.data[int(index) - 1, h // 4: 3 * h // 4, w // 4: 3 * w // 4] = value
+
+
+@pytest.mark.parametrize("main, extra", [(extract.main, SMALL + ["--stack2d"]), (extract.main, SMALL),
+                                         (reconstruct.main, SMALL)])
+def test_non_finite_pixels_name_the_tilt_series_and_frame(project, capsys, main, extra):
+    _poison_frame(project, 3, np.nan)
+    status, err = run_quiet(project, main, T + extra + ["--o", "r/"], capsys)
+    assert status == 1 and len(err) == 1, err
+    assert "tilt series TS_01, frame 3 (row 4, " in err[0] and "NaN or Inf" in err[0], err
+
+
+def test_failed_runs_leave_no_note_or_empty_folders(project, capsys):
+    _poison_frame(project, 0, np.inf)
+    status, _ = run(project, extract.main, T + SMALL + ["--o", "r/"], capsys)
+    assert status == 1
+    assert not (project / "r" / "note.txt").exists()
+    assert not [p for p in (project / "r").rglob("*") if p.is_dir() and not any(p.iterdir())]
+    status, _ = run(project, reconstruct.main, T + SMALL + ["--o", "q/"], capsys)
+    assert status == 1 and not (project / "q").exists()
+
+
+def test_min_frames_drop_is_named(project, capsys):
+    status, err = run(project, extract.main, T + SMALL + ["--stack2d", "--min_frames", "100", "--o", "r/"], capsys)
+    assert status == 0
+    assert any("visible in fewer than --min_frames 100 images" in line for line in err), err
+    assert not any("too close to the edge" in line for line in err if "fewer" not in line and "1 particle" in line)
