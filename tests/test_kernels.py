@@ -8,7 +8,7 @@ from relion_py.tomography.dose import dose_weights, dose_x_ranges
 from relion_py.tomography.half_grid import half_grid, signed_index
 from relion_py.tomography.geometry import euler_to_matrix, matrix_to_euler, tilt_projection_matrices
 from relion_py.kernels.ctf import astigmatism_form, ctf_constants, ctf_value
-from relion_py.kernels.tomography.extraction import crop_circle, weight_spectra
+from relion_py.kernels.tomography.extraction import TiltWeighting, crop_circle, weight_spectra
 from relion_py.kernels.tomography.windows import gather_clamped_windows
 from relion_py.tomography.noise import radial_average
 
@@ -127,10 +127,13 @@ def test_weight_spectra_matches_numpy_reference(binning, square, box):
     ctf_args = (300.0, 2.7, 0.07, 21000.0, 20500.0, 12.0, 20.0, 1.0, 5.0, 4.0 * binning)
     dose_w = dose_weights(np.array([12.0]), box, ctf_args[-1])
     spectrum = np.fft.rfft2(img, norm="ortho").astype(np.complex64)[None]
-    data, weights = weight_spectra(
-        spectrum, box, binning, shift[None], np.zeros(1, np.int64), np.zeros(1, np.int64),
-        np.array([[21000.0, 20500.0, 12.0, 20.0, 5.0, 1.0]]), np.array([300.0, 2.7, 0.07]), ctf_args[-1], -1.0, True,
-        dose_w, np.zeros((0, 1, 1)), np.zeros((0, 1, 1), np.complex64), np.zeros((0, 1, 1), np.float32), 1.0, False)
+    weighting = TiltWeighting(
+        box=box, binning=binning, pixel_size=ctf_args[-1], optics=np.array([300.0, 2.7, 0.07]), sign=-1.0, do_ctf=True,
+        dose=dose_w, x_ranges=np.zeros((0, 0), np.int64), zero_beyond_x_ranges=False, even_gamma=np.zeros((0, 1, 1)),
+        odd_phase=np.zeros((0, 1, 1), np.complex64), noise=np.zeros((0, 1, 1), np.float32), post_scale=1.0,
+        float32_ctf=False)
+    data, weights = weight_spectra(spectrum, weighting, shift[None], np.zeros(1, np.int64), np.zeros(1, np.int64),
+                                   np.array([[21000.0, 20500.0, 12.0, 20.0, 5.0, 1.0]]), False)
     expect = reference_weighting(img.astype(np.float64), binning, box, shift, ctf_args, dose_w[0], -1.0)
     assert np.abs(data[0] - expect).max() <= 1e-5 * np.abs(expect).max()
     kx, ky = half_grid(box)

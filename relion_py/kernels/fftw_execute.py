@@ -10,6 +10,7 @@ import ctypes.util
 import glob
 import importlib.util
 import os
+from collections import namedtuple
 
 import llvmlite.binding
 from numba import types
@@ -53,6 +54,14 @@ def _load_fftw():
 
 library = _load_fftw()
 execute = types.ExternalFunction("fftwf_execute", types.void(types.intp))
+
+RealFFTPlans = namedtuple("RealFFTPlans", ["real", "spectra", "real_flat", "spectra_flat", "forward", "backward",
+                                           "norm"])
+RealFFTPlans.__doc__ = """A :class:`relion_py.runtime.fftw_plans.RealFFT` as compiled code takes it (a Numba named tuple):
+real (capacity, *shape) float32 and spectra (capacity, *half) complex64, the buffers; real_flat (capacity, -1)
+and spectra_flat (capacity, -1) float32 ((re, im) pairs), the same memory per item; forward (capacity, 2) and
+backward (capacity or 0, 1) intp plan handles (0: none), for :func:`execute_item`; norm, the float32 scale
+1/sqrt(N) of both directions."""
 
 
 @njit(inline="always")

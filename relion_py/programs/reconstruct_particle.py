@@ -19,7 +19,6 @@ import numba
 import numpy as np
 
 from ..tomography.aberrations import aberration_tables
-from ..tomography.dose import dose_weights, dose_x_ranges
 from ..runtime.errors import RelionPyError
 from ..io.atomic import remove_stale_temporaries
 from ..io.output_folder import check_writable_folder, refuse_overwriting_inputs, tidy_on_failure
@@ -31,7 +30,6 @@ from ..kernels.tomography.extraction import weight_spectra
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
 from ..runtime.job_control import count_finished
 from ..runtime.log import info, warn
-from ..tomography.noise import noise_weights
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import ProjectInputs, check_supported, option
 from ..runtime.parallel import PerThread, map_in_order
@@ -41,6 +39,7 @@ from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..tomography.symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
 from ..tomography.particle_tilts import NonFinitePixels, extract_spectra, particle_geometry, particle_tilt_items
+from ..tomography.tilt_weighting import tilt_weighting
 
 REC = "Reconstruction options"
 SYM = "Symmetry"
@@ -287,16 +286,10 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
     """``processTomograms`` for one tomogram: re-extract, weight and insert every visible tilt image, one
     particle per worker thread, each worker adding into an accumulator no other worker holds meanwhile."""
     s = opts.b
-    binned_ps = tomo.pixel_size * opts.bin
-    do_ctf = not opts.no_ctf
-    dose_w = dose_weights(tomo.dose, s, binned_ps, tomo.bfactor_per_dose)
-    x_ranges = dose_x_ranges(dose_w, opts.cutoff_fract)
-    noise_w = (noise_weights(tomo.images, s, opts.bin, threads) if opts.whiten
-               else np.zeros((0, 1, 1), np.float32))
-    even_gamma, odd_phase = aberrations
-    if not do_ctf:
-        even_gamma = np.zeros((0, 1, 1))
-    optics = np.array([tomo.voltage, tomo.cs, tomo.q0])
+    # data and weights are zeroed beyond the dose cut-off, and c, c·c formed in float32
+    weighting = tilt_weighting(tomo, s, opts.bin, aberrations, not opts.no_ctf, opts.whiten, threads,
+                               cutoff_fraction=opts.cutoff_fract, zero_beyond_x_ranges=True, float32_ctf=True)
+    binned_ps = weighting.pixel_size
     halves = halves_of[geom.rows] if halves_of is not None else np.zeros(len(geom.rows), np.int64)
     pose = particles.subtomogram_matrices(geom.rows) @ particles.particle_matrices(geom.rows)
     proj = (pixel_size / binned_ps) * tomo.projections[:, :3, :3]
@@ -316,13 +309,11 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
         ws = workspaces.get()
         # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5) unless --no_circle_crop
         spectra = extract_spectra(tomo.images, mine, ws.fft, not opts.no_circle_crop)
-        slices, slice_w = weight_spectra(
-            spectra, s, opts.bin, mine.shifts, mine.frame, groups[part], ctf_params[part], optics, binned_ps, -1.0,
-            do_ctf, dose_w, even_gamma, odd_phase, noise_w, 1.0, False, x_ranges=x_ranges, float32_c=True,
-            out=ws.slices[:n], out_weights=ws.weights[:n])
+        slices, slice_w = weight_spectra(spectra, weighting, mine.shifts, mine.frame, groups[part], ctf_params[part],
+                                         False, out=ws.slices[:n], out_weights=ws.weights[:n])
         a = free.get()
         try:
-            insert_slices_backward(acc[a:a + 1], slices, slice_w, q[part], x_ranges[mine.frame, 0],
+            insert_slices_backward(acc[a:a + 1], slices, slice_w, q[part], weighting.x_ranges[mine.frame, 0],
                                    halves[mine.particle], np.array([0, n]))
         finally:
             free.put(a)

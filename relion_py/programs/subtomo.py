@@ -12,7 +12,6 @@ import numba
 import numpy as np
 
 from ..tomography.aberrations import aberration_tables
-from ..tomography.dose import dose_weights, dose_x_ranges
 from ..runtime.errors import RelionPyError
 from ..runtime.fftw_plans import RealFFT
 from ..tomography.geometry import matrix_to_euler
@@ -25,7 +24,6 @@ from ..runtime.job_control import count_finished
 from ..runtime.log import info, warn
 from ..io.atomic import remove_stale_temporaries
 from ..io.output_folder import check_writable_folder, refuse_overwriting_inputs, tidy_on_failure
-from ..tomography.noise import noise_weights
 from ..runtime.cluster_options import ClusterOptions, wants_cluster
 from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
 from ..runtime.parallel import BackgroundWriter, PerThread, map_in_order
@@ -36,6 +34,7 @@ from ..project.tomograms import TomogramSet
 from ..tomography.subtomo_files import Sums, output_suffixes, write_volume_outputs
 from ..tomography.particle_tilts import (NonFinitePixels, extract_spectra, extract_stack2d, particle_geometry,
                                          particle_tilt_items)
+from ..tomography.tilt_weighting import tilt_weighting
 
 IO = INPUT_GROUP
 BOX = "Box and binning"
@@ -442,22 +441,17 @@ class _TomogramJob:
 
     def __init__(self, opts, sizes, threads, tomo, particles, geom, selection, aberrations):
         self.opts, self.sizes, self.tomo = opts, sizes, tomo
-        self.pixel_size = tomo.pixel_size * opts.bin         # nominal binned pixel size (CTF, dose, header)
-        self.do_ctf = not opts.no_ctf
-        # 3-D mode always needs the dose weights: they limit the inserted frequencies (xRanges), even with --no_ctf
-        self.dose_w = (dose_weights(tomo.dose, sizes.box, self.pixel_size, tomo.bfactor_per_dose)
-                       if self.do_ctf or not opts.stack2d else np.zeros((0, 1, 1), np.float32))
-        self.even_gamma, self.odd_phase = aberrations
-        if not self.do_ctf:   # the even aberrations act through the CTF only
-            self.even_gamma = np.zeros((0, 1, 1))
-        self.noise_w = (noise_weights(tomo.images, sizes.box, opts.bin, threads) if opts.whiten
-                        else np.zeros((0, 1, 1), np.float32))
-        self.optics = np.array([tomo.voltage, tomo.cs, tomo.q0])
+        # 3-D mode always needs the dose weights: they limit the inserted frequencies (xRanges), even with
+        # --no_ctf; the 2-D stacks are divided by bin once more (stack2d's /bin)
+        self.weighting = tilt_weighting(tomo, sizes.box, opts.bin, aberrations, not opts.no_ctf, opts.whiten, threads,
+                                        cutoff_fraction=None if opts.stack2d else opts.cutoff_fract,
+                                        invert_contrast=not opts.no_ic,
+                                        post_scale=opts.bin if opts.stack2d else 1.0)
+        self.pixel_size = self.weighting.pixel_size         # nominal binned pixel size (CTF, dose, header)
         self.bounds, self.items, self.ctf_params, self.groups = particle_tilt_items(
             tomo, particles, geom, selection, sizes.square, opts.bin, sizes.box)
         self.crop = not opts.no_circle_crop or opts.grid_precorr
         if not opts.stack2d:
-            self.x_ranges = dose_x_ranges(self.dose_w, opts.cutoff_fract)
             a_sub = particles.subtomogram_matrices(geom.rows)
             self.a_full = np.einsum("nij,njk->nik", a_sub, particles.particle_matrices(geom.rows))
             # the frame of the pseudo-subtomograms: A_sub, or A_sub·A_part with --apply_orientations
@@ -472,19 +466,15 @@ class _TomogramJob:
         items = self.items[part]
         n = len(items.frame)
         ws = self.workspaces.get()
-        # float64/bool arguments of weight_spectra after (spectra, size), up to post_scale: the 2-D stacks are
-        # divided by bin once more (stack2d's /bin)
-        weighting = (float(opts.bin), items.shifts, items.frame, self.groups[part], self.ctf_params[part],
-                     self.optics, float(self.pixel_size), 1.0 if opts.no_ic else -1.0, self.do_ctf, self.dose_w,
-                     self.even_gamma, self.odd_phase, self.noise_w, float(opts.bin) if opts.stack2d else 1.0)
+        groups, ctf_params = self.groups[part], self.ctf_params[part]
         if opts.stack2d:
-            return extract_stack2d(self.tomo.images, items, weighting, ws.square, ws.box,
+            return extract_stack2d(self.tomo.images, items, self.weighting, groups, ctf_params, ws.square, ws.box,
                                    np.empty((n, sizes.crop, sizes.crop), np.float32), opts.circle_precrop,
                                    sizes.boundary, not opts.no_circle_crop, opts.grid_precorr)
         spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop)
         # the masked images need a decentred inverse FFT; without a mask the insertion wants D itself
-        data, weights = weight_spectra(spectra, sizes.box, *weighting, self.crop, out=ws.box.spectra[:n],
-                                       out_weights=ws.weights[:n])
+        data, weights = weight_spectra(spectra, self.weighting, items.shifts, items.frame, groups, ctf_params,
+                                       self.crop, out=ws.box.spectra[:n], out_weights=ws.weights[:n])
         if self.crop:
             images = ws.box.backward(n)
             crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr)
@@ -499,7 +489,7 @@ class _TomogramJob:
         axes = insertion_axes(self.tomo.projections[items.frame, :3, :3], self.frame[items.particle],
                               s3 / float(self.sizes.box))
         _, ctf_mult = insert_slices_forward(data, weights, np.zeros(1, np.int64), np.array([len(items.frame)]),
-                                            items.frame, axes, self.x_ranges, s3, centred_source=self.crop,
+                                            items.frame, axes, self.weighting.x_ranges, s3, centred_source=self.crop,
                                             decentre=True, scale=self.normfft, workspace=ws.insertion)
         real = ws.volume.backward(1)              # the inserted data volume is the FFT's input buffer
         if self.opts.cone_weight:

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import RelionPyError
 from ..io.atomic import atomic_output
-from ..kernels.fftw_execute import execute_items, library
+from ..kernels.fftw_execute import RealFFTPlans, execute_items, library
 
 FFTW_MEASURE, FFTW_DESTROY_INPUT = 0, 1
 FFTW_FORWARD = -1
@@ -163,11 +163,9 @@ class RealFFT:
             _keep_wisdom()
 
     def kernel_args(self):
-        """What compiled code needs to run these FFTs (``relion_py.kernels.fftw_execute.execute_item``):
-        (real, spectra, real (capacity, -1), spectra as float32 (capacity, -1), forward plans (capacity, 2),
-        backward plans (capacity or 0, 1), norm)."""
-        return (self.real, self.spectra, self._real_flat, self._spectra_flat, self._forward, self._backward,
-                self.norm)
+        """What compiled code needs to run these FFTs: a :class:`~relion_py.kernels.fftw_execute.RealFFTPlans`."""
+        return RealFFTPlans(self.real, self.spectra, self._real_flat, self._spectra_flat, self._forward,
+                            self._backward, self.norm)
 
     def forward(self, n):
         """``rfftn(real[:n], norm="ortho")`` over the item axes into ``spectra[:n]``, which is returned

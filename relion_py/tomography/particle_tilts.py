@@ -113,8 +113,10 @@ def extract_spectra(images, items, fft, circle_precrop):
     return fft.forward(n)
 
 
-def extract_stack2d(images, items, weighting, square, box, out, circle_precrop, boundary, do_crop, grid_precorrect):
-    """:func:`~relion_py.kernels.tomography.extraction.stack2d_images` for ``items`` of the tilt series ``images``:
+def extract_stack2d(images, items, weighting, groups, ctf_params, square, box, out, circle_precrop, boundary, do_crop,
+                    grid_precorrect):
+    """:func:`~relion_py.kernels.tomography.extraction.stack2d_images` for ``items`` of the tilt series ``images``
+    (weighting: the tomogram's ``TiltWeighting``; groups, ctf_params: per item, as :func:`particle_tilt_items`):
     compiled code cuts the windows itself where the pixels are one array (MRC stacks), else the reader
     cuts them first (zarr, one file per tilt). square, box: the thread's :class:`~relion_py.runtime.fftw_plans.RealFFT`."""
     n = len(items.frame)
@@ -123,8 +125,9 @@ def extract_stack2d(images, items, weighting, square, box, out, circle_precrop, 
     if gathered:
         images.read_windows(items.frame, items.origins, square.real[:n])
         pixels = square.real, np.zeros(n, np.int64)       # unused: the windows are in place
-    stack = stack2d_images(*pixels, items.origins, gathered, weighting, square.kernel_args(), box.kernel_args(), out,
-                           circle_precrop, boundary, do_crop, grid_precorrect)
+    stack = stack2d_images(*pixels, items.origins, gathered, weighting, items.shifts, items.frame, groups, ctf_params,
+                           square.kernel_args(), box.kernel_args(), out, circle_precrop, boundary, do_crop,
+                           grid_precorrect)
     check_finite_frames(stack, items)      # a NaN or Inf pixel of a window spreads over its whole image
     return stack
 

@@ -8,6 +8,7 @@ from its window to its finished 2-D image while it is in the core's cache.
 """
 import functools
 import math
+from collections import namedtuple
 
 import numpy as np
 
@@ -17,18 +18,45 @@ from ..fastmath import sin_vectorisable, sincos_vectorisable
 from ..fftw_execute import execute_item
 from .windows import _gather_clamped_windows
 
+TiltWeighting = namedtuple("TiltWeighting", [
+    "box", "binning", "pixel_size", "optics", "sign", "do_ctf", "dose", "x_ranges", "zero_beyond_x_ranges",
+    "even_gamma", "odd_phase", "noise", "post_scale", "float32_ctf"])
+TiltWeighting.__doc__ = """How the 2-D spectra of one tomogram's tilt images are weighted: what every particle of the
+tomogram shares (built by ``relion_py.tomography.tilt_weighting.tilt_weighting``). Compiled kernels take it as
+it is (a Numba named tuple); its scalars are always Python float/bool/int and its arrays always of the dtypes
+below, C-contiguous, so that every tomogram and program shares one compiled specialisation.
+
+box:        s2D, the output box (px); its half grid is that of the tables below
+binning:    the nominal binning factor (the spectra are divided by it if != 1)
+pixel_size: binned pixel size (Å/px) of the CTF frequencies
+optics:     (3,) float64 (kV, Cs mm, Q0)
+sign:       -1.0 to invert the contrast, else 1.0
+do_ctf:     premultiply by CTF × dose (else the data are only shifted and signed, and the weight is 1)
+dose:       (fc, s2D, s2D//2+1) float32 dose weights per frame (``Damage::weightStack_GG``) or (0, 1, 1)
+x_ranges:   (fc, s2D) int64 L(y, f) of ``Tomogram::findDoseXRanges`` or (0, 0)
+zero_beyond_x_ranges: with do_ctf, data and weight are 0 for x >= L(y, f) (relion_tomo_reconstruct_particle)
+even_gamma: (g, s2D, sh) float64 γ offsets per optics group or (0, 1, 1)
+odd_phase:  (g, s2D, sh) complex64 phase factors per optics group or (0, 1, 1)
+noise:      (fc, s2D, sh) float32 whitening weights per frame or (0, 1, 1)
+post_scale: the data are divided by it at the end if != 1 (``--stack2d``'s second /bin)
+float32_ctf: form c = sign·CTF·dose and the weight c·c in float32, as relion_tomo_reconstruct_particle does
+            (else c in double, weight float(c²), as relion_tomo_subtomo)
+"""
+
 
 @njit
-def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf,
-                    dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre, out, out_weights, x_ranges,
-                    float32_c):
+def _weight_spectra(spectra, weighting, shifts, frames, groups, ctf_params, decentre, out, out_weights):
+    binning, pixel_size, sign, do_ctf = weighting.binning, weighting.pixel_size, weighting.sign, weighting.do_ctf
+    ctf_optics, dose_w, x_ranges = weighting.optics, weighting.dose, weighting.x_ranges
+    even_gamma, odd_phase, noise_w = weighting.even_gamma, weighting.odd_phase, weighting.noise
+    post_scale, float32_c = weighting.post_scale, weighting.float32_ctf
     n, s0 = spectra.shape[0], spectra.shape[1]
     s = out.shape[1]
     sh = out.shape[2]
     bin_scale = np.float32(binning)
     inv_as = 1.0 / (s * pixel_size)
     has_even, has_odd, has_noise = even_gamma.shape[0] > 0, odd_phase.shape[0] > 0, noise_w.shape[0] > 0
-    has_ranges = do_ctf and x_ranges.shape[0] > 0
+    has_ranges = do_ctf and weighting.zero_beyond_x_ranges and x_ranges.shape[0] > 0
     # per-row factors, each filled by its own branch-free (vectorisable) loop
     ramp_c = np.empty(sh)
     ramp_s = np.empty(sh)
@@ -138,9 +166,7 @@ def _weight_spectra(spectra, binning, shifts, frames, groups, ctf_params, ctf_op
                 out_weights[i, y, x] = weight[x]
 
 
-def weight_spectra(spectra, size, binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf,
-                   dose_w, even_gamma, odd_phase, noise_w, post_scale, decentre, x_ranges=None, float32_c=False,
-                   out=None, out_weights=None):
+def weight_spectra(spectra, weighting, shifts, frames, groups, ctf_params, decentre, out=None, out_weights=None):
     """From the spectra of the unbinned squares to the weighted, binned, re-centred 2-D spectra.
 
     Mirrors, per tilt image: ``Resampling::FourierCrop_fftwHalfStack`` (crop, /bin), ``shiftStack``
@@ -150,34 +176,25 @@ def weight_spectra(spectra, size, binning, shifts, frames, groups, ctf_params, c
     decentred inverse FFT.
 
     spectra:    (n, s0, s0//2+1) complex64, rfft2 (ortho) of the (not ifftshift-ed) unbinned squares
-    size:       s2D, output box (px); binning: the nominal binning factor (spectra divided by it if != 1)
+    weighting:  the tomogram's :class:`TiltWeighting`
     shifts:     (n, 2) float64, t = (pos - s2D/2) in binned px
-    frames:     (n,) int64, frame of each item (rows of dose_w / noise_w)
-    groups:     (n,) int64, optics group row of each item (rows of even_gamma / odd_phase)
+    frames:     (n,) int64, frame of each item (rows of the dose, x-range and noise tables)
+    groups:     (n,) int64, optics group row of each item (rows of the aberration tables)
     ctf_params: (n, 6) float64 per item: defocus U, V (Å, depth-corrected), astigmatism angle (deg),
-                B-factor (Å²), phase shift (deg), scale; ctf_optics: (3,) float64 (kV, Cs mm, Q0)
-    pixel_size: binned pixel size (Å/px) of the CTF frequencies
-    dose_w:     (fc, s2D, s2D//2+1) float32; even_gamma: (g, s2D, sh) float64 or (0,1,1);
-    odd_phase:  (g, s2D, sh) complex64 or (0,1,1); noise_w: (fc, s2D, sh) float32 or (0,1,1)
-    x_ranges:   optional (fc, s2D) int64 L(y, f) of ``Tomogram::findDoseXRanges``: with do_ctf, data and
-                weight are 0 for x >= L(y, f) (relion_tomo_reconstruct_particle); None: no masking
-    float32_c:  form c = sign·CTF·dose and the weight c·c in float32, as relion_tomo_reconstruct_particle
-                does (default: c in double, weight float(c²), as relion_tomo_subtomo)
+                B-factor (Å²), phase shift (deg), scale
+    decentre:   multiply by (-1)^(x+y), for a decentred inverse FFT
     out, out_weights: optional arrays to write the results to (else allocated); must not overlap spectra
     Returns (data (n, s2D, s2D//2+1) complex64, weights (n, s2D, s2D//2+1) float32).
     """
     n = spectra.shape[0]
+    size = weighting.box
     sh = size // 2 + 1
     out = np.empty((n, size, sh), np.complex64) if out is None else out
     out_weights = np.empty((n, size, sh), np.float32) if out_weights is None else out_weights
     if out.shape != (n, size, sh) or out_weights.shape != (n, size, sh):
         raise ValueError(f"weight_spectra: output arrays must be {(n, size, sh)}")
     if n:
-        _weight_spectra(spectra, float(binning), shifts, frames, groups, ctf_params, ctf_optics, float(pixel_size), float(sign),
-                        bool(do_ctf), dose_w, even_gamma, odd_phase, noise_w, float(post_scale), bool(decentre),
-                        out, out_weights,
-                        np.zeros((0, 0), np.int64) if x_ranges is None else np.ascontiguousarray(x_ranges, np.int64),
-                        bool(float32_c))
+        _weight_spectra(spectra, weighting, shifts, frames, groups, ctf_params, bool(decentre), out, out_weights)
     return out, out_weights
 
 
@@ -255,36 +272,29 @@ def crop_circle(images, boundary, falloff=5.0, do_crop=True, grid_precorrect=Fal
 
 
 @njit
-def _extract_stack2d(source, slices, origins, gathered, weighting, square, box, scratch_weights, circle_precrop,
-                     precrop, crop, do_crop, grid_precorrect, out):
-    (binning, shifts, frames, groups, ctf_params, ctf_optics, pixel_size, sign, do_ctf, dose_w, even_gamma,
-     odd_phase, noise_w, post_scale) = weighting
-    sq_real, sq_spectra, _, sq_flat, sq_forward, _, sq_norm = square
-    bx_real, bx_spectra, bx_flat, _, _, bx_backward, bx_norm = box
-    no_ranges = np.zeros((0, 0), np.int64)
-    columns = bx_spectra.shape[2]
-    lo = (bx_real.shape[1] - out.shape[1]) // 2
+def _extract_stack2d(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square, box,
+                     scratch_weights, circle_precrop, precrop, crop, do_crop, grid_precorrect, out):
+    columns = box.spectra.shape[2]
+    lo = (box.real.shape[1] - out.shape[1]) // 2
     hi = lo + out.shape[1]
     for i in range(frames.shape[0]):
         slot = i if gathered else 0        # cut here: one slot, which stays in cache
         if not gathered:
-            _gather_clamped_windows(source, slices[i:i + 1], origins[i:i + 1], sq_real)
+            _gather_clamped_windows(source, slices[i:i + 1], origins[i:i + 1], square.real)
         if circle_precrop:
-            _crop_circle(sq_real[slot:slot + 1], precrop[0], precrop[1], precrop[2], True, False)
-        execute_item(sq_forward, slot, sq_flat, sq_norm)
-        _weight_spectra(sq_spectra[slot:slot + 1, :, :columns], binning, shifts[i:i + 1], frames[i:i + 1],
-                        groups[i:i + 1], ctf_params[i:i + 1], ctf_optics, pixel_size, sign, do_ctf, dose_w,
-                        even_gamma, odd_phase, noise_w, post_scale, True, bx_spectra[:1], scratch_weights, no_ranges,
-                        False)
-        execute_item(bx_backward, 0, bx_flat, bx_norm)
-        image = bx_real[:1]
+            _crop_circle(square.real[slot:slot + 1], precrop[0], precrop[1], precrop[2], True, False)
+        execute_item(square.forward, slot, square.spectra_flat, square.norm)
+        _weight_spectra(square.spectra[slot:slot + 1, :, :columns], weighting, shifts[i:i + 1], frames[i:i + 1],
+                        groups[i:i + 1], ctf_params[i:i + 1], True, box.spectra[:1], scratch_weights)
+        execute_item(box.backward, 0, box.real_flat, box.norm)
+        image = box.real[:1]
         if do_crop or grid_precorrect:
             _crop_circle(image, crop[0], crop[1], crop[2], do_crop, grid_precorrect)
         out[i] = image[0, lo:hi, lo:hi]
 
 
-def stack2d_images(source, slices, origins, gathered, weighting, square, box, out, circle_precrop, boundary,
-                   do_crop=True, grid_precorrect=False):
+def stack2d_images(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square, box, out,
+                   circle_precrop, boundary, do_crop=True, grid_precorrect=False):
     """The finished 2-D images of ``--stack2d`` for one particle's n tilt items, one tilt image at a time
     (so that it stays in the core's cache): window → (circle pre-crop) → FFT → :func:`weight_spectra`
     (decentred) → inverse FFT → :func:`crop_circle` → the central ``out`` square.
@@ -294,18 +304,20 @@ def stack2d_images(source, slices, origins, gathered, weighting, square, box, ou
     source:    (n_slices, H, W) float32 tilt images; ``slices`` (n,) int64 and ``origins`` (n, 2) int64 place
                each item's unbinned square as in :func:`~relion_py.kernels.tomography.windows.gather_clamped_windows`;
                or, with ``gathered``, the squares are already in ``square``'s real buffer (source unused)
-    weighting: the arguments of :func:`weight_spectra` from ``binning`` to ``post_scale`` (a tuple; n items)
-    square:    ``RealFFT.kernel_args()`` of the s0 x s0 unbinned squares (forward; capacity >= n if gathered)
-    box:       ``RealFFT.kernel_args()`` of the binned s x s box (backward; capacity >= 1)
+    weighting, shifts, frames, groups, ctf_params: as for :func:`weight_spectra` (n items)
+    square:    :class:`~relion_py.kernels.fftw_execute.RealFFTPlans` of the s0 x s0 unbinned squares (forward;
+               capacity >= n if gathered)
+    box:       :class:`~relion_py.kernels.fftw_execute.RealFFTPlans` of the binned s x s box (backward; capacity >= 1)
     out:       (n, crop, crop) float32, written; boundary: (s - crop) / 2
     """
-    s0, s = square[0].shape[1], box[0].shape[1]
+    s0, s = square.real.shape[1], box.real.shape[1]
     if out.shape[1:] != (s - 2 * boundary,) * 2:
         raise ValueError(f"stack2d_images: out must be (n, {s - 2 * boundary}, {s - 2 * boundary})")
     if len(out):
         weights = np.empty((1, s, s // 2 + 1), np.float32)
         _extract_stack2d(source, np.ascontiguousarray(slices, np.int64), np.ascontiguousarray(origins, np.int64),
-                         bool(gathered), weighting, square, box, weights, bool(circle_precrop),
+                         bool(gathered), weighting, shifts, frames, groups, ctf_params, square, box, weights,
+                         bool(circle_precrop),
                          circle_tables(s0, s0, 0.0, 5.0), circle_tables(s, s, float(boundary), 5.0), bool(do_crop),
                          bool(grid_precorrect), out)
     return out
