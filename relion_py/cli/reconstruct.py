@@ -5,7 +5,7 @@ import sys
 
 from ..runtime.errors import RelionPyError
 from ..io.star import read_star
-from ..runtime.options import build_parser, parse_options
+from ..runtime.options import build_parser
 from ..programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 from ..programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
 from .common import run_cli
@@ -20,10 +20,11 @@ flags and output. Two modes, chosen from what the input files contain:
   tilt-series mode (relion_tomo_reconstruct_particle): --t tomograms.star / --p particles.star, or --i an
       optimisation set, or particles without images; reconstructs from the tilt series.
 
-Run it from the RELION project folder (paths in STAR files are relative to it). The options below are
-those of the image mode."""
-EPILOG = """The tilt-series mode takes relion_tomo_reconstruct_particle's flags (--t, --p, --i, --b, --crop,
---SNR, --sym, --j, ...) and writes its output folder (merged.mrc, half1.mrc, ...)."""
+Run it from the RELION project folder (paths in STAR files are relative to it). The image mode's options
+come first, then those of the tilt-series mode."""
+TILT_SERIES = "Tilt-series mode (relion_tomo_reconstruct_particle)"
+TILT_SERIES_DESCRIPTION = f"""{TILT_SERIES}: writes its output folder --o (merged.mrc, half1.mrc,
+half2.mrc, data_*.mrc, weight_*.mrc, with --crop also *_full.mrc)."""
 
 
 def _value(argv, flag):
@@ -59,7 +60,19 @@ def choose_mode(argv):
 
 def build_image_parser():
     """The argparse parser of the image mode."""
-    return build_parser(ReconstructImagesOptions, PROG, DESCRIPTION, EPILOG)
+    return build_parser(ReconstructImagesOptions, PROG, DESCRIPTION)
+
+
+def build_tilt_series_parser():
+    """The argparse parser of the tilt-series mode."""
+    return build_parser(ReconstructParticleOptions, PROG, TILT_SERIES_DESCRIPTION)
+
+
+def print_help():
+    """Both modes' options: the image mode's usage and flags, then the tilt-series mode's."""
+    build_image_parser().print_help()
+    print("\n" + "=" * 100 + "\n")
+    build_tilt_series_parser().print_help()
 
 
 def parse_image_options(argv):
@@ -68,14 +81,15 @@ def parse_image_options(argv):
 
 
 def _tilt_series(argv):
-    opts = parse_options(ReconstructParticleOptions, argv, PROG, "Tilt-series mode (relion_tomo_reconstruct_particle)")
+    ns = build_tilt_series_parser().parse_args(argv)
+    opts = ReconstructParticleOptions(**vars(ns))
     reconstruct_particle(opts, command=[PROG] + list(argv))
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
-        build_image_parser().print_help()
+        print_help()
         return 0
     try:
         mode = choose_mode(argv)

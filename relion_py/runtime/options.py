@@ -8,6 +8,7 @@ argparse-dataclass cannot make), and :func:`parse_options` returns the dataclass
 import argparse
 import dataclasses
 
+from .. import __version__
 from .errors import RelionPyError
 
 
@@ -32,6 +33,8 @@ def build_parser(options_class, prog, description, epilog=None):
     """An argparse parser for the options dataclass, grouped by each field's ``group``."""
     parser = _Parser(prog=prog, description=description, epilog=epilog,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"{prog} (relion_py {__version__}, mirrors RELION 5.0.1)")
     groups = {}
     for f in dataclasses.fields(options_class):
         meta = f.metadata
