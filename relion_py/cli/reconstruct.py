@@ -38,9 +38,21 @@ def _value(argv, flag):
     return value
 
 
+class ParticlesWithoutImages(RelionPyError):
+    """--i names particles without images (a picking result) and nothing says where their tilt series are."""
+
+    def __init__(self, path):
+        super().__init__(
+            f"{path} lists particles without images (rlnImageName; e.g. a picking result such as pyTME's "
+            f"relion5 output): extract them first with relion-py-extract --p {path} --t tomograms.star --o DIR "
+            f"(then reconstruct DIR/particles.star), or reconstruct from the tilt series with "
+            f"relion-py-reconstruct --p {path} --t tomograms.star --b BOX --o DIR")
+
+
 def choose_mode(argv):
     """'images' or 'tilt_series', from the inputs: --t or --p → tilt series; --i naming an optimisation set
-    (rlnTomoParticlesFile) or a particle table without rlnImageName → tilt series; otherwise images."""
+    (rlnTomoParticlesFile) → tilt series; --i naming a particle table without rlnImageName: tilt series
+    with an optimisation set's or --t's tomograms, else :class:`ParticlesWithoutImages`; otherwise images."""
     if any(_value(argv, flag) is not None for flag in ("--t", "--p")):
         return "tilt_series"
     path = _value(argv, "--i")
@@ -54,7 +66,8 @@ def choose_mode(argv):
         particles = next((t for name, t in blocks.items() if hasattr(t, "columns") and name != "optics"),
                          None)
     if particles is not None and "rlnImageName" not in particles.columns:
-        return "tilt_series"
+        # without --t (checked above) such a file has no tomograms to be reconstructed from
+        raise ParticlesWithoutImages(path)
     return "images"
 
 
