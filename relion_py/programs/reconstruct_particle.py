@@ -12,6 +12,7 @@ finalised in float64 (``relion_py.kernels.tomography.map_finalisation``).
 """
 import glob
 import os
+import time
 from dataclasses import dataclass, fields
 
 import numba
@@ -31,7 +32,7 @@ from ..tomography.noise import noise_weights
 from ..runtime.options import ProjectInputs, check_supported, option
 from ..runtime.parallel import PerThread
 from ..runtime.partition import OrderedReduction, batch_bounds
-from ..runtime.progress import Progress
+from ..runtime.progress import Progress, summary
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
@@ -153,6 +154,7 @@ def accumulator_count(opts, s):
 def reconstruct_particle(opts, command=None):
     """Run relion_tomo_reconstruct_particle with ``opts`` (a :class:`ReconstructParticleOptions`); returns a
     :class:`ReconstructParticleResult`."""
+    start_time = time.monotonic()
     square = _validate(opts)
     s = opts.b
     n_acc = accumulator_count(opts, s)
@@ -212,6 +214,8 @@ def reconstruct_particle(opts, command=None):
             del total, reduction
             maps = _finalise(opts, out_dir, data, weight, operators, pixel_size, threads)
             _remove(glob.glob(tmp_root + "*.mrc"))
+        summary(f"{n_visible} particles backprojected ({n_slices} tilt images), {n_hidden} not visible in any "
+                f"tilt image; {len(maps)} maps written to {out_dir}", n_visible, "particles", start_time)
         if opts.pipeline_control:
             open(os.path.join(opts.pipeline_control, "RELION_JOB_EXIT_SUCCESS"), "w").close()
         return ReconstructParticleResult(output_dir=out_dir, maps=maps, n_particles=n_visible,
