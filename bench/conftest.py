@@ -1,8 +1,9 @@
-"""Benchmark helpers: the benchmark-scale project, timed subprocess runs with peak memory, RELION anchors.
+"""Benchmark helpers: the benchmark-scale project, timed subprocess runs with peak memory, RELION anchors;
+and the collection of the ``bench_*.py`` files by ``pytest bench/``.
 
-The project is the one of ../shared/bench_anchors (2 tomograms, 1024² tilt images, 41 tilts, 2400
-particles). Point RELION_PY_BENCH_ROOT at the folder holding ``project/`` (made by the generator
-command in bench/README.md); benchmarks needing it are skipped otherwise.
+The project has the size of RELION's performance anchors (2 tomograms, 1024² tilt images, 41 tilts, 2400
+particles). Point RELION_PY_BENCH_ROOT at the folder holding ``project/`` (how to make it: bench/README.md);
+benchmarks needing it are skipped otherwise.
 """
 import json
 import os
@@ -17,6 +18,13 @@ import pytest
 
 HERE = Path(__file__).parent
 ANCHORS = HERE / "relion_anchors.json"
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect ``bench_*.py`` (pytest's default is ``test_*.py``), so that ``pytest bench/`` runs them."""
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
 
 
 def bench_root():

@@ -11,6 +11,7 @@ import scipy.ndimage
 import relion_compare
 from conftest import FIXTURES, compare_with_relion, mirror_fixtures, working_directory
 from relion_py.cli.reconstruct import choose_mode, main
+from relion_py.programs.reconstruct import ParticlesWithoutImages
 from relion_py.runtime.errors import RelionPyError
 from relion_py.io.mrc import read_mrc, write_mrc
 from relion_py.kernels.classic.fftw_arrays import shift_fourier, window_fourier_transform
@@ -241,7 +242,8 @@ def test_mode_is_chosen_by_content():
         assert choose_mode(["--i", "synthetic/spa2d/particles.star"]) == "images"
         assert choose_mode(["--i", "e_subtomo_3d/particles.star", "--3d_rot"]) == "images"
         assert choose_mode(["--i", "synthetic/optimisation_set.star"]) == "tilt_series"
-        assert choose_mode(["--i", "synthetic/particles.star"]) == "tilt_series"     # no rlnImageName
+        with pytest.raises(ParticlesWithoutImages):                 # no rlnImageName, no --t
+            choose_mode(["--i", "synthetic/particles.star"])
         assert choose_mode(["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star"]) == \
             "tilt_series"
 

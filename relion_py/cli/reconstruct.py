@@ -3,7 +3,7 @@
 import sys
 
 from ..runtime.errors import RelionPyError
-from ..runtime.options import build_parser, parse_options
+from ..runtime.options import build_parser
 from ..programs.reconstruct import choose_mode as choose_input_mode
 from ..programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 from ..programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
@@ -21,10 +21,11 @@ flags and output. Two modes, chosen from what the input files contain:
   tilt-series mode (relion_tomo_reconstruct_particle): --t tomograms.star / --p particles.star, or --i an
       optimisation set, or particles without images; reconstructs from the tilt series.
 
-Run it from the RELION project folder (paths in STAR files are relative to it). The options below are
-those of the image mode."""
-EPILOG = """The tilt-series mode takes relion_tomo_reconstruct_particle's flags (--t, --p, --i, --b, --crop,
---SNR, --sym, --j, ...) and writes its output folder (merged.mrc, half1.mrc, ...)."""
+Run it from the RELION project folder (paths in STAR files are relative to it). The image mode's options
+come first, then those of the tilt-series mode."""
+TILT_SERIES = "Tilt-series mode (relion_tomo_reconstruct_particle)"
+TILT_SERIES_DESCRIPTION = f"""{TILT_SERIES}: writes its output folder --o (merged.mrc, half1.mrc,
+half2.mrc, data_*.mrc, weight_*.mrc, with --crop also *_full.mrc)."""
 
 
 def _value(argv, flag):
@@ -45,7 +46,19 @@ def choose_mode(argv):
 
 def build_image_parser():
     """The argparse parser of the image mode."""
-    return build_parser(ReconstructImagesOptions, PROG, DESCRIPTION, EPILOG)
+    return build_parser(ReconstructImagesOptions, PROG, DESCRIPTION)
+
+
+def build_tilt_series_parser():
+    """The argparse parser of the tilt-series mode."""
+    return build_parser(ReconstructParticleOptions, PROG, TILT_SERIES_DESCRIPTION)
+
+
+def print_help():
+    """Both modes' options: the image mode's usage and flags, then the tilt-series mode's."""
+    build_image_parser().print_help()
+    print("\n" + "=" * 100 + "\n")
+    build_tilt_series_parser().print_help()
 
 
 def parse_image_options(argv):
@@ -54,7 +67,7 @@ def parse_image_options(argv):
 
 
 def _tilt_series(argv):
-    opts = parse_options(ReconstructParticleOptions, argv, PROG, "Tilt-series mode (relion_tomo_reconstruct_particle)")
+    opts = ReconstructParticleOptions(**vars(build_tilt_series_parser().parse_args(argv)))
     reconstruct_particle(single_process(opts), command=[PROG] + without_cluster_flags(list(argv)))
 
 
@@ -73,7 +86,7 @@ def main(argv=None, mode=None):
     relion_tomo_reconstruct_particle shims); by default it is chosen from the inputs."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if mode is None and ("-h" in argv or "--help" in argv):
-        build_image_parser().print_help()
+        print_help()
         return 0
     try:
         mode = mode or choose_mode(argv)

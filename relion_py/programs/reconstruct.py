@@ -7,12 +7,24 @@ has one command per program; relion_py tells them apart by what the input files 
 import os
 
 from ..io.star import read_star
+from ..runtime.errors import RelionPyError
+
+
+class ParticlesWithoutImages(RelionPyError):
+    """--i names particles without images (a picking result) and nothing says where their tilt series are."""
+
+    def __init__(self, path):
+        super().__init__(
+            f"{path} lists particles without images (rlnImageName; e.g. a picking result such as pyTME's "
+            f"relion5 output): extract them first with relion-py-extract --p {path} --t tomograms.star --o DIR "
+            f"(then reconstruct DIR/particles.star), or reconstruct from the tilt series with "
+            f"relion-py-reconstruct --p {path} --t tomograms.star --b BOX --o DIR")
 
 
 def choose_mode(i=None, t=None, p=None):
     """'images' or 'tilt_series' from the values of --i, --t and --p (None: not given). --t or --p → tilt
-    series; --i naming an optimisation set (rlnTomoParticlesFile) or a particle table without rlnImageName
-    → tilt series; otherwise images."""
+    series; --i naming an optimisation set (rlnTomoParticlesFile) → tilt series; --i naming a particle table
+    without rlnImageName (and no --t, checked first) → :class:`ParticlesWithoutImages`; otherwise images."""
     if t is not None or p is not None:
         return "tilt_series"
     if i is None or not os.path.isfile(i):
@@ -24,5 +36,5 @@ def choose_mode(i=None, t=None, p=None):
     particles = blocks["particles"] if blocks.is_loop("particles") else \
         next((table for name, table in blocks.loops() if name != "optics"), None)
     if particles is not None and "rlnImageName" not in particles.columns:
-        return "tilt_series"
+        raise ParticlesWithoutImages(i)
     return "images"

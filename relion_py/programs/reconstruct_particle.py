@@ -12,7 +12,7 @@ finalised in float64 (``relion_py.kernels.tomography.map_finalisation``).
 """
 import glob
 import os
-import queue
+import time
 from dataclasses import dataclass, fields
 
 import numba
@@ -32,8 +32,9 @@ from ..runtime.job_control import count_finished
 from ..runtime.log import info, warn
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import ProjectInputs, check_supported, option
-from ..runtime.parallel import PerThread, map_in_order
-from ..runtime.progress import Progress
+from ..runtime.parallel import PerThread
+from ..runtime.partition import OrderedReduction, batch_bounds
+from ..runtime.progress import Progress, summary
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
@@ -68,9 +69,9 @@ class ReconstructParticleOptions(ClusterOptions, ProjectInputs):
     mem: int = option(-1, "Max. amount of memory (in GB) for the accumulators (--j_out will be reduced)", RUN)
     j: int = option(6, "Number of threads (symmetrisation, FFTs, 2-D image processing)", RUN)
     j_in: int = option(3, "Inner threads (RELION: threads per particle); here the thread count is the larger of "
-                       "--j and --j_out x --j_in, and every thread processes whole particles", RUN)
-    j_out: int = option(2, "Outer threads: number of private accumulators (a thread adds each particle into one "
-                        "that no other thread holds meanwhile)", RUN)
+                       "--j and --j_out x --j_in, and every thread processes whole batches of particles", RUN)
+    j_out: int = option(2, "Outer threads: number of private accumulators (batches of particles in flight; the "
+                        "result does not depend on it)", RUN)
     only_do_unfinished: bool = option(False, "Resume from the per-tomogram checkpoints in <o>/temp/", RUN)
     no_backup: bool = option(False, "Do not write per-tomogram checkpoints (makes --only_do_unfinished "
                              "impossible)", RUN)
@@ -140,7 +141,8 @@ def _validate(opts):
 
 
 def accumulator_count(opts, s):
-    """j_out after RELION's --mem reduction (``run``): GB per outer thread = 2·(s/2+1)·s²·3·8 / 2³⁰."""
+    """j_out after RELION's --mem reduction (``run``): GB per outer thread = 2·(s/2+1)·s²·3·8 / 2³⁰. Here
+    j_out batch accumulators are in flight besides the total (``relion_py.runtime.partition``)."""
     gb_per_thread = 2.0 * (s // 2 + 1) * s * s * 3.0 * 8 / 2.0 ** 30
     j_out = opts.j_out
     if opts.mem > 0 and opts.mem / gb_per_thread < j_out:
@@ -157,6 +159,7 @@ def accumulator_count(opts, s):
 def reconstruct_particle(opts, command=None):
     """Run relion_tomo_reconstruct_particle with ``opts`` (a :class:`ReconstructParticleOptions`); returns a
     :class:`ReconstructParticleResult`."""
+    start_time = time.monotonic()
     square = _validate(opts)
     s = opts.b
     n_acc = accumulator_count(opts, s)
@@ -191,7 +194,8 @@ def reconstruct_particle(opts, command=None):
         with tidy_on_failure(out_dir):
             check_writable_folder(out_dir)
             return _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms, particles,
-                                     halves_of, n_half, pixel_size, operators, geoms, n_visible, n_slices)
+                                     halves_of, n_half, pixel_size, operators, geoms, n_visible, n_slices,
+                                     start_time)
     finally:
         tomograms.close()
 
@@ -204,7 +208,7 @@ def _output_files(out_dir):
 
 
 def _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms, particles, halves_of, n_half,
-                      pixel_size, operators, geoms, n_visible, n_slices):
+                      pixel_size, operators, geoms, n_visible, n_slices, start_time):
     """Backprojection with per-tomogram checkpoints, then the maps, into ``out_dir`` (which exists)."""
     s = opts.b
     os.makedirs(out_dir + "temp", exist_ok=True)
@@ -213,12 +217,13 @@ def _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms,
     if not opts.pipeline_control:                       # RELION skips note.txt under pipeline control
         _write_note(out_dir, command or command_line(opts))
     sh = s // 2 + 1
-    acc = np.zeros((n_acc, n_half, s, s, sh, 3))    # [..., (Re D, Im D, W)]
+    total = np.zeros((n_half, s, s, sh, 3))          # [..., (Re D, Im D, W)]
+    reduction = OrderedReduction(total, min(n_acc, threads))
     aberrations = aberration_tables(particles.optics, s, pixel_size)
     tmp_root = out_dir + "temp/sum_"
     start, previous = 0, -1
     if opts.only_do_unfinished:
-        start, previous = _resume(tmp_root, len(tomograms), acc)
+        start, previous = _resume(tmp_root, len(tomograms), total)
     for tt in range(start, len(tomograms)):
         tomo = tomograms.tomograms[tt]
         geom = geoms.get(tomo.name)
@@ -226,24 +231,25 @@ def _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms,
             continue
         try:
             _backproject_tomogram(opts, square, threads, tomo, tt, len(tomograms), particles, geom, halves_of,
-                                  pixel_size, aberrations, acc)
+                                  pixel_size, aberrations, reduction)
         except NonFinitePixels as e:
             raise e.naming(tomo) from None
         if not opts.no_backup:
-            _fold(acc)
-            _write_checkpoint(tmp_root, tt, acc[0])
+            _write_checkpoint(tmp_root, tt, total)
             count_finished(1, "tomograms (checkpoints in temp/)")
             if previous > -1:
                 _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
             previous = tt
-    _fold(acc)
     maps = []
     if not opts.no_recon:
-        data = acc[0, ..., 0] + 1j * acc[0, ..., 1]
-        weight = acc[0, ..., 2].copy()
-        del acc
+        data = total[..., 0] + 1j * total[..., 1]
+        weight = total[..., 2].copy()
+        del total, reduction
         maps = _finalise(opts, out_dir, data, weight, operators, pixel_size, threads)
         _remove(glob.glob(tmp_root + "*.mrc"))
+    n_hidden = len(particles) - n_visible
+    summary(f"{n_visible} particles backprojected ({n_slices} tilt images), {n_hidden} not visible in any "
+            f"tilt image; {len(maps)} maps written to {out_dir}", n_visible, "particles", start_time)
     return ReconstructParticleResult(output_dir=out_dir, maps=maps, n_particles=n_visible,
                                      n_slices=n_slices, pixel_size=pixel_size)
 
@@ -282,9 +288,10 @@ def _symmetry_operators(opts, pixel_size):
 
 
 def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, geom, halves_of, pixel_size,
-                          aberrations, acc):
+                          aberrations, reduction):
     """``processTomograms`` for one tomogram: re-extract, weight and insert every visible tilt image, one
-    particle per worker thread, each worker adding into an accumulator no other worker holds meanwhile."""
+    batch of particles per worker thread (``relion_py.runtime.partition``: each batch into its own
+    accumulator, batches added to ``reduction``'s total in order)."""
     s = opts.b
     # data and weights are zeroed beyond the dose cut-off, and c, c·c formed in float32
     weighting = tilt_weighting(tomo, s, opts.bin, aberrations, not opts.no_ctf, opts.whiten, threads,
@@ -297,12 +304,9 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
     bounds, items, ctf_params, groups = particle_tilt_items(tomo, particles, geom, selection, square, opts.bin, s)
     q = slice_matrices(proj[items.frame] @ pose[items.particle])
     info(f"Tomogram {tt + 1} / {n_tomo}: {tomo.name}, {len(selection)} particles, {int(bounds[-1])} tilt images")
-    free = queue.SimpleQueue()              # the accumulators no worker holds
-    for a in range(acc.shape[0]):
-        free.put(a)
     workspaces = PerThread(lambda: _Workspace(tomo.n_frames, square, s))
 
-    def backproject(k):
+    def backproject(k, acc):
         part = slice(bounds[k], bounds[k + 1])
         mine = items[part]
         n = len(mine.frame)
@@ -311,16 +315,18 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
         spectra = extract_spectra(tomo.images, mine, ws.fft, not opts.no_circle_crop)
         slices, slice_w = weight_spectra(spectra, weighting, mine.shifts, mine.frame, groups[part], ctf_params[part],
                                          False, out=ws.slices[:n], out_weights=ws.weights[:n])
-        a = free.get()
-        try:
-            insert_slices_backward(acc[a:a + 1], slices, slice_w, q[part], weighting.x_ranges[mine.frame, 0],
-                                   halves[mine.particle], np.array([0, n]))
-        finally:
-            free.put(a)
+        insert_slices_backward(acc[None], slices, slice_w, q[part], weighting.x_ranges[mine.frame, 0],
+                               halves[mine.particle], np.array([0, n]))
+
+    batches = batch_bounds(len(selection))
+
+    def backproject_batch(b, acc):
+        for k in range(batches[b], batches[b + 1]):
+            backproject(k, acc)
 
     with Progress(f"Backprojecting {tomo.name}", len(selection)) as bar:
-        for _ in map_in_order(backproject, len(selection), threads):
-            bar.advance(1)
+        reduction.run(backproject_batch, len(batches) - 1, threads,
+                      done=lambda b: bar.advance(int(batches[b + 1] - batches[b])))
 
 
 class _Workspace:
@@ -332,13 +338,6 @@ class _Workspace:
         self.weights = np.empty((frames, s, s // 2 + 1), np.float32)
 
 
-def _fold(acc):
-    """Sum the private accumulators into the first one and zero the others (RELION: i = 2.. into i mod 2)."""
-    for a in range(1, acc.shape[0]):
-        acc[0] += acc[a]
-        acc[a] = 0
-
-
 def _write_checkpoint(tmp_root, tt, acc):
     """``temp/sum_<tt>_data_half<h>.mrc`` (real parts in z < s, imaginary in z ≥ s) and
     ``temp/sum_<tt>_ctf_half<h>.mrc``, float32, pixel size 1. acc: (H, s, s, sh, 3)."""
@@ -347,20 +346,20 @@ def _write_checkpoint(tmp_root, tt, acc):
         write_mrc(f"{tmp_root}{tt}_ctf_half{h}.mrc", acc[h, ..., 2], 1.0)
 
 
-def _resume(tmp_root, n_tomo, acc):
+def _resume(tmp_root, n_tomo, total):
     """--only_do_unfinished: the last tomogram with a ``..._data_half1.mrc`` checkpoint (QUIRK: only written
-    with half sets) is loaded into the first accumulator; returns (first tomogram to do, checkpoint index)."""
-    s = acc.shape[2]
+    with half sets) is loaded into the total; returns (first tomogram to do, checkpoint index)."""
+    s = total.shape[1]
     for tt in range(n_tomo - 1, -1, -1):
         if os.path.exists(f"{tmp_root}{tt}_data_half1.mrc"):
-            for h in range(acc.shape[1]):
+            for h in range(total.shape[0]):
                 d, _ = read_mrc(f"{tmp_root}{tt}_data_half{h}.mrc")
                 w, _ = read_mrc(f"{tmp_root}{tt}_ctf_half{h}.mrc")
                 if d.shape != (2 * s, s, s // 2 + 1) or w.shape != (s, s, s // 2 + 1):
                     raise RelionPyError(f"checkpoint {tmp_root}{tt}_*_half{h}.mrc does not match --b {s}")
-                acc[0, h, ..., 0] = d[:s]
-                acc[0, h, ..., 1] = d[s:]
-                acc[0, h, ..., 2] = w
+                total[h, ..., 0] = d[:s]
+                total[h, ..., 1] = d[s:]
+                total[h, ..., 2] = w
             info(f"Resuming after tomogram {tt + 1} from the checkpoint in {os.path.dirname(tmp_root)}")
             return tt + 1, tt
     return 0, -1

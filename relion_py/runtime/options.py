@@ -9,6 +9,7 @@ import argparse
 import math
 import dataclasses
 
+from .. import __version__
 from .errors import RelionPyError
 
 
@@ -33,6 +34,8 @@ def build_parser(options_class, prog, description, epilog=None):
     """An argparse parser for the options dataclass, grouped by each field's ``group``."""
     parser = _Parser(prog=prog, description=description, epilog=epilog,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"{prog} (relion_py {__version__}, mirrors RELION 5.0.1)")
     groups = {}
     for f in dataclasses.fields(options_class):
         meta = f.metadata

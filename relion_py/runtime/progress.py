@@ -1,33 +1,88 @@
-"""A progress bar on stderr, shown only when stderr is a terminal."""
+"""Progress where RELION users look: a tqdm bar on a terminal; in a log (the RELION GUI's run.out, a SLURM
+log), a progress line every few seconds on stdout, as RELION prints its own progress there; a closing line
+per loop with the count, the time and the throughput; and a one-line notice when the numerical kernels are
+about to be compiled (the first run after installation takes ~10 s longer)."""
+import glob
+import os
 import sys
 import time
 
+import numba
+from tqdm import tqdm
+
+#: Seconds between two progress lines in a log.
+LOG_PERIOD = 5.0
+#: Kernel modules whose Numba cache tells whether this installation has compiled its kernels yet.
+_KERNELS = ("kernels/tomography/extraction.py", "kernels/tomography/insertion_backward.py",
+            "kernels/classic/backproject.py")
+_noticed = False
+
+
+def kernels_cached():
+    """Whether Numba's on-disk cache holds compiled kernels of this installation: an index file (``*.nbi``)
+    of every module in ``_KERNELS``, next to it (``__pycache__``) or under ``NUMBA_CACHE_DIR``."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for module in _KERNELS:
+        stem = os.path.splitext(os.path.basename(module))[0]
+        places = [os.path.join(package, os.path.dirname(module), "__pycache__")]
+        if numba.config.CACHE_DIR:
+            places.append(os.path.join(numba.config.CACHE_DIR, "**"))
+        if not any(glob.glob(os.path.join(p, f"{stem}.*.nbi"), recursive=True) for p in places):
+            return False
+    return True
+
+
+def notice_compilation(stream=None):
+    """Print, once per process, that the kernels are being compiled if the cache holds none yet."""
+    global _noticed
+    if not _noticed and not kernels_cached():
+        print(" ■ Compiling the numerical kernels (first run after installation only, about 10 s) ...",
+              file=stream or sys.stdout, flush=True)
+    _noticed = True
+
 
 class Progress:
-    """``with Progress("Extracting TS_01", total) as bar: bar.advance(k)``."""
+    """``with Progress("Extracting TS_01", total) as bar: bar.advance(k)``: a tqdm bar on stderr if it is a
+    terminal, else progress lines on stdout every ``LOG_PERIOD`` seconds; a closing line either way."""
 
-    def __init__(self, label, total, stream=None):
-        self.label, self.total, self.done = label, max(int(total), 0), 0
+    def __init__(self, label, total, unit="particles", stream=None, log=None):
+        self.label, self.total, self.unit, self.done = label, max(int(total), 0), unit, 0
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() and self.total > 0
-        self.start = time.monotonic()
-        self._last = 0.0
+        self.log = log or sys.stdout
+        self.start = self._last = time.monotonic()
+        self.bar = None
+        notice_compilation(self.log)
+        if self.stream.isatty() and self.total > 0:
+            self.bar = tqdm(total=self.total, desc=label, unit=unit.rstrip("s"), file=self.stream, leave=False,
+                            dynamic_ncols=True)
 
     def advance(self, n=1):
         self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
         now = time.monotonic()
-        if self.enabled and (now - self._last > 0.2 or self.done >= self.total):
+        if now - self._last >= LOG_PERIOD and self.done < self.total:
             self._last = now
-            width = 30
-            filled = int(width * self.done / self.total)
-            self.stream.write(f"\r {self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                              f"{self.done}/{self.total} {now - self.start:5.1f}s")
-            self.stream.flush()
+            line = tqdm.format_meter(self.done, self.total, now - self.start, prefix=self.label,
+                                     unit=self.unit.rstrip("s"), ncols=100)
+            print(f" ■ {line}", file=self.log, flush=True)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+        if exc[0] is None and self.total > 0:
+            seconds = time.monotonic() - self.start
+            print(f" ■ {self.label}: {self.done} {self.unit} in {seconds:.1f} s "
+                  f"({self.done / max(seconds, 1e-9):.1f} {self.unit}/s)", file=self.log, flush=True)
+
+
+def summary(what, count, unit, start, stream=None):
+    """A program's closing line on stdout: ``what``, then the time since ``start`` (``time.monotonic()``)
+    and the throughput in ``count`` ``unit`` per second."""
+    seconds = time.monotonic() - start
+    print(f" ■ {what}; {seconds:.1f} s ({count / max(seconds, 1e-9):.1f} {unit}/s)", file=stream or sys.stdout,
+          flush=True)

@@ -1,0 +1,88 @@
+"""The one rule that fixes which particle contributions are added to which, and in what order, so that a
+reconstruction is the same bytes on every run and for every thread count (and, built on the same rule,
+for every number of distributed workers).
+
+Floating-point addition is not associative: a sum's last bits depend on how its terms are grouped. If
+particles went into whichever private accumulator a thread happened to hold (RELION's outer threads), the
+grouping would follow thread timing and thread count. Here the data alone fix it:
+
+1. the particles of a tomogram, in STAR-file order, are cut into consecutive batches of
+   :data:`BATCH_SIZE` (the last one may be shorter) — :func:`batch_bounds`;
+2. each batch is summed into its own zeroed accumulator, its particles in order;
+3. the batch sums are added to the running total in batch order (tomograms in tomograms.star order,
+   batches in index order): total = ((0 + b₀) + b₁) + b₂ … — :class:`OrderedReduction`.
+
+Threads (or distributed tasks) only decide *who* computes a batch, never what is added to what. A
+distributed task returns its batches' partial accumulators; the caller reduces them in the same order.
+"""
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+#: Particles per batch. Fixed (never derived from the thread count), since it decides the grouping of the
+#: sums. Large enough that zeroing a batch accumulator and adding it to the total (two passes over the
+#: grid) cost little next to the particles' own work, small enough to give every thread batches.
+BATCH_SIZE = 8
+
+
+def batch_bounds(n_items, batch_size=BATCH_SIZE):
+    """Start indices of the batches of ``n_items`` items, and ``n_items`` last: batch k is
+    ``bounds[k]:bounds[k + 1]``. (n_batches + 1,) int64."""
+    return np.append(np.arange(0, n_items, batch_size, dtype=np.int64), np.int64(n_items))
+
+
+class OrderedReduction:
+    """Sum per-batch accumulators into ``total`` in batch order, computing the batches on threads.
+
+    ``buffers`` private accumulators (each shaped like ``total``) bound the memory: at most that many
+    batches are in flight, each in its own buffer, which is free again once its batch has been added to the
+    total (RELION's --j_out accumulators play this part, and --mem limits their number the same way).
+    """
+
+    def __init__(self, total, buffers):
+        self.total = total
+        self._buffers = [np.empty_like(total) for _ in range(max(1, int(buffers)))]
+
+    def _batch(self, accumulate, k, index):
+        acc = self._buffers[index]
+        acc.fill(0.0)
+        accumulate(k, acc)
+        return index
+
+    def run(self, accumulate, n_batches, threads, done=None):
+        """Call ``accumulate(k, acc)`` for every batch k (acc: a zeroed accumulator to add batch k into) on
+        ``threads`` threads, and add the results to the total in batch order, calling ``done(k)`` after
+        batch k has been added. An exception in ``accumulate`` is re-raised here, and no further batch
+        starts."""
+        if threads <= 1 or len(self._buffers) == 1:
+            for k in range(n_batches):
+                self.total += self._buffers[self._batch(accumulate, k, 0)]
+                if done is not None:
+                    done(k)
+            return self.total
+        free = list(range(len(self._buffers)))
+        pending = deque()              # futures of the batches in flight, oldest first
+        added = 0
+
+        def add_oldest():
+            nonlocal added
+            index = pending.popleft().result()
+            self.total += self._buffers[index]
+            free.append(index)
+            if done is not None:
+                done(added)
+            added += 1
+
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="relion_py_worker") as pool:
+            try:
+                for k in range(n_batches):
+                    if not free:
+                        add_oldest()
+                    pending.append(pool.submit(self._batch, accumulate, k, free.pop()))
+                while pending:
+                    add_oldest()
+            finally:
+                for future in pending:
+                    future.cancel()
+        return self.total

@@ -1,0 +1,51 @@
+"""Progress in job logs (stdout not a terminal): periodic lines, a closing line per loop and per run, and
+the notice that the kernels are being compiled when Numba's cache holds none."""
+import io
+
+from conftest import mirror_fixtures, working_directory
+from relion_py.cli.reconstruct import main as reconstruct_main
+from relion_py.runtime import progress
+
+
+def test_log_gets_progress_lines_and_a_closing_line(monkeypatch):
+    monkeypatch.setattr(progress, "LOG_PERIOD", 0.0)          # a line at every step
+    monkeypatch.setattr(progress, "_noticed", True)
+    log, err = io.StringIO(), io.StringIO()
+    with progress.Progress("Extracting TS_01", 4, stream=err, log=log) as bar:
+        for _ in range(4):
+            bar.advance(1)
+    lines = log.getvalue().splitlines()
+    assert [line.split("|")[0].split(":")[0] for line in lines[:3]] == [" ■ Extracting TS_01"] * 3
+    assert "1/4" in lines[0] and "3/4" in lines[2]
+    assert lines[3].startswith(" ■ Extracting TS_01: 4 particles in ") and lines[3].endswith(" particles/s)")
+    assert len(lines) == 4 and err.getvalue() == ""           # no terminal bar on a non-terminal
+
+
+def test_compile_notice_only_with_a_cold_cache(monkeypatch, tmp_path):
+    """The cache index of a kernel module (``<module>.<function>-<line>.py3x.nbi``) under NUMBA_CACHE_DIR."""
+    import numba
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(progress, "_KERNELS", ("kernels/not_compiled_yet.py",))
+    monkeypatch.setattr(progress, "_noticed", False)
+    log = io.StringIO()
+    assert not progress.kernels_cached()
+    progress.notice_compilation(log)
+    progress.notice_compilation(log)                          # once per process
+    assert log.getvalue().count("Compiling the numerical kernels") == 1
+    (tmp_path / "some_site").mkdir()
+    (tmp_path / "some_site" / "not_compiled_yet._kernel-12.py311.nbi").write_bytes(b"")
+    assert progress.kernels_cached()
+    monkeypatch.setattr(progress, "_noticed", False)
+    log = io.StringIO()
+    progress.notice_compilation(log)
+    assert log.getvalue() == ""
+
+
+def test_reconstruction_run_ends_with_a_summary(tmp_path, capsys):
+    work = mirror_fixtures(tmp_path / "project", "none")
+    with working_directory(work):
+        assert reconstruct_main(["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star",
+                                 "--b", "24", "--o", "out/", "--j", "2"]) == 0
+    out = capsys.readouterr().out
+    assert " ■ Backprojecting TS_01: 20 particles in " in out
+    assert " ■ 20 particles backprojected (" in out and "0 not visible in any tilt image; 9 maps written" in out
