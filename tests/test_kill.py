@@ -46,13 +46,7 @@ def project(tmp_path_factory):
     return dest.parent
 
 
-@pytest.mark.parametrize("name", [
-    "stack2d", "3d",
-    # two uninterrupted reconstructions already differ in the header mean of half1/half2/merged.mrc (issue 14
-    # item 7, fixed separately); strict: this marker must go when that fix lands
-    pytest.param("reconstruct", marks=pytest.mark.xfail(strict=True, reason="issue 14 item 7: reconstruction "
-                                                                            "is not bit-reproducible yet")),
-])
+@pytest.mark.parametrize("name", ["stack2d", "3d", "reconstruct"])
 def test_killed_runs_resume_to_identical_bytes(project, name):
     module, extra, resume, trials = RUNS[name]
     start = time.monotonic()
