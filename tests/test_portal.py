@@ -23,7 +23,9 @@ from relion_py.cli.extract import main as extract_main
 from relion_py.cli.portal import main as portal_main
 from relion_py.runtime.errors import RelionPyError
 from relion_py.io import zarr_images
+from relion_py.io.mrc import mmap_mrc
 from relion_py.io.star import read_star
+from relion_py.project.tomograms import REMOTE_IMAGES_LABEL
 from relion_py.portal import PortalOptions, make_portal_project
 from relion_py.portal.mapping import read_points, tilt_axis_rotation
 from relion_py.tools.simulate import OBJECT_NAME
@@ -93,19 +95,41 @@ def test_project_equals_the_local_relion_project(portal, tmp_path):
     # tomograms.star and the tilt series: equal but for file names
     ref, cand = (read_star(os.path.join(d, "tomograms.star"))["global"] for d in (local, remote))
     assert list(cand["rlnTomoTiltSeriesStarFile"]) == [f"Portal/tilt_series/TS_0{k}.star" for k in (1, 2)]
-    pd.testing.assert_frame_equal(ref.drop(columns="rlnTomoTiltSeriesStarFile"),
-                                  cand.drop(columns="rlnTomoTiltSeriesStarFile"))
+    # what RELION 5's import writes besides: the movies' pixel size (binning 1 here), the tilt axis
+    assert list(cand["rlnMicrographOriginalPixelSize"]) == list(cand["rlnTomoTiltSeriesPixelSize"])
+    assert list(cand["rlnTomoNominalTiltAxisAngle"]) == [portal.sim.params.tilt_axis] * 2
+    pd.testing.assert_frame_equal(ref.drop(columns="rlnTomoTiltSeriesStarFile"), cand.drop(columns=[
+        "rlnTomoTiltSeriesStarFile", "rlnMicrographOriginalPixelSize", "rlnTomoNominalTiltAxisAngle"]))
     for name in ("TS_01", "TS_02"):
         ref, cand = (read_star(os.path.join(d, "tilt_series", f"{name}.star"))[name] for d in (local, remote))
-        assert list(cand["rlnMicrographName"]) == [f"{z}@{portal.zarr_url(name)}" for z in range(1, 14)]
-        pd.testing.assert_frame_equal(ref.drop(columns="rlnMicrographName"),
-                                      cand.drop(columns="rlnMicrographName"))
+        # RELION reads geometry from a header-only stack; relion_py reads pixels from the URL column
+        assert list(cand["rlnMicrographName"]) == [f"{z}@Portal/tilt_series/{name}.mrc" for z in range(1, 14)]
+        assert list(cand[REMOTE_IMAGES_LABEL]) == [f"{z}@{portal.zarr_url(name)}" for z in range(1, 14)]
+        assert (cand["rlnCtfMaxResolution"] == 8.0).all()
+        pd.testing.assert_frame_equal(ref.drop(columns="rlnMicrographName"), cand.drop(
+            columns=["rlnMicrographName", REMOTE_IMAGES_LABEL, "rlnCtfMaxResolution"]))
+        _assert_header_only(tmp_path / "Portal" / "tilt_series" / f"{name}.mrc",
+                            os.path.join(local, "tilt_series", f"{name}.mrcs"))
+    assert "HEADER-ONLY" in (tmp_path / "Portal" / "note.txt").read_text()
     assert read_star(tmp_path / "Portal/optimisation_set.star")["optimisation_set"] == {
         "rlnTomoParticlesFile": "Portal/particles.star", "rlnTomoTomogramsFile": "Portal/tomograms.star"}
     # nothing but metadata and the annotation files was downloaded
     gets = portal.server.requests()
     assert len(gets) == 2 and all(r.path.endswith(".ndjson") for r in gets)
     assert len(portal.server.requests("/graphql", method="POST")) <= 12
+
+
+def _assert_header_only(path, reference):
+    """``path`` is the 1024-byte header of ``reference`` (size, mode 2, pixel size), without pixels: RELION's
+    ``Image::read(name, false)`` gets the stack's geometry, and relion_py refuses it as pixels."""
+    header = np.fromfile(path, np.int32)
+    expected = np.fromfile(reference, np.int32, count=256)
+    assert header.size == 256
+    for word in (0, 1, 2, 3, 7, 8, 9, 10, 11):                          # nx ny nz mode mx my mz cell a, b
+        assert header[word] == expected[word], word
+    assert b"HEADER ONLY" in header.tobytes()[224:304]
+    with pytest.raises(RelionPyError, match="is truncated"):
+        mmap_mrc(str(path))
 
 
 def test_selection_filters(portal, tmp_path):
@@ -132,7 +156,7 @@ def test_selection_filters(portal, tmp_path):
     tomograms = read_star(tmp_path / "f/Portal/tomograms.star")["global"]
     assert list(tomograms["rlnAmplitudeContrast"]) == [0.1, 0.1]
     assert list(tomograms["rlnTomoHand"]) == [1.0, 1.0]
-    names = read_star(tmp_path / "f/Portal/tilt_series/TS_01.star")["TS_01"]["rlnMicrographName"]
+    names = read_star(tmp_path / "f/Portal/tilt_series/TS_01.star")["TS_01"][REMOTE_IMAGES_LABEL]
     assert names[0] == "1@s3://cryoet-data-portal-public/10000/TS_01/TiltSeries/TS_01.zarr"
 
 

@@ -16,15 +16,23 @@ import pandas as pd
 
 from ..runtime.errors import RelionPyError
 from ..io.atomic import atomic_output
+from ..io.mrc import stack_header
 from ..io.star import write_star
 from ..runtime.log import warn
 from ..runtime.options import option
-from .mapping import read_points, tilt_series_table, tomogram_size
+from .mapping import read_points, stack_shape, tilt_series_table, tomogram_size
 from .query import select
 
 SEL = "Selection"
 REL = "Values the portal does not hold"
 IO = "Input and output"
+HEADER_ONLY_WARNING = (
+    "WARNING: tilt_series/*.mrc are HEADER-ONLY MRC files (1024 bytes: the portal stack's size and pixel "
+    "size, no pixels). RELION programs that read only geometry (relion_refine, "
+    "relion_tomo_reconstruct_particle up to its pixel reads) accept them; relion_py reads the pixels from "
+    "the OME-Zarr URLs in rlnTomoRelionPyTiltSeriesUrl. RELION programs that read tilt-series pixels "
+    "(relion_tomo_subtomo, relion_tomo_reconstruct_particle, ctf refinement, ...) must run on a project "
+    "written with --download.")
 
 
 @dataclass
@@ -84,7 +92,7 @@ def make_portal_project(opts, command=None):
                      opts.automated_only, opts.tiltseries_id, opts.alignment_id, opts.voxel_spacing)
     out = opts.o.rstrip("/") or "."
     names = tomogram_names(sources)
-    tilt_series, tomograms, optics, particles = {}, [], [], []
+    tilt_series, headers, tomograms, optics, particles = {}, {}, [], [], []
     for group, (name, source) in enumerate(zip(names, sources), 1):
         ts = source.tiltseries
         if ts.is_aligned:
@@ -99,15 +107,20 @@ def make_portal_project(opts, command=None):
         if any(offset):
             warn(f"alignment {source.alignment.id} ({name}) has a reconstruction volume offset of {offset} "
                  "Å, which RELION's geometry has no place for: it is ignored")
-        star = f"{out}/tilt_series/{name}.star"
-        tilt_series[star] = {name: tilt_series_table(source, location.rstrip("/"))}
+        star, stack = f"{out}/tilt_series/{name}.star", f"{out}/tilt_series/{name}.mrc"
+        table = tilt_series_table(source, stack, location.rstrip("/"))
+        tilt_series[star] = {name: table}
+        headers[stack] = stack_header(stack_shape(source), ts.pixel_spacing,
+                                      f"relion_py: HEADER ONLY, no pixels; they are at {location}")
         size = tomogram_size(source)
         voltage = ts.acceleration_voltage / 1000.0          # volts in the portal
         tomograms.append(dict(
             rlnTomoName=name, rlnVoltage=voltage, rlnSphericalAberration=ts.spherical_aberration_constant,
             rlnAmplitudeContrast=opts.amplitude_contrast, rlnTomoHand=opts.hand, rlnOpticsGroupName=name,
+            rlnMicrographOriginalPixelSize=ts.pixel_spacing / (ts.binning_from_frames or 1.0),
             rlnTomoTiltSeriesPixelSize=ts.pixel_spacing, rlnTomoTiltSeriesStarFile=star,
-            rlnTomoSizeX=size[0], rlnTomoSizeY=size[1], rlnTomoSizeZ=size[2]))
+            rlnTomoSizeX=size[0], rlnTomoSizeY=size[1], rlnTomoSizeZ=size[2],
+            **({} if ts.tilt_axis is None else {"rlnTomoNominalTiltAxisAngle": ts.tilt_axis})))
         optics.append(dict(rlnOpticsGroup=group, rlnOpticsGroupName=name,
                            rlnSphericalAberration=ts.spherical_aberration_constant, rlnVoltage=voltage,
                            rlnTomoTiltSeriesPixelSize=ts.pixel_spacing,
@@ -121,11 +134,16 @@ def make_portal_project(opts, command=None):
     os.makedirs(os.path.join(out, "tilt_series"), exist_ok=True)
     for star, blocks in tilt_series.items():
         write_star(star, blocks)
+    for stack, header in headers.items():
+        with atomic_output(stack) as tmp, open(tmp, "wb") as fh:
+            fh.write(header)
     write_star(f"{out}/tomograms.star", {"global": pd.DataFrame(tomograms)})
     write_star(f"{out}/particles.star", {"optics": pd.DataFrame(optics), "particles": table})
-    if command:  # as relion_py's other programs (and RELION's tomography programs) write it
-        with atomic_output(os.path.join(out, "note.txt")) as tmp, open(tmp, "w") as fh:
-            fh.write("Command:\n\n" + "".join(w + " " for w in command) + "\n")
+    # the command as relion_py's other programs (and RELION's tomography programs) write it
+    with atomic_output(os.path.join(out, "note.txt")) as tmp, open(tmp, "w") as fh:
+        fh.write("Command:\n\n" + "".join(w + " " for w in command or []) + "\n")
+        if headers:
+            fh.write("\n" + HEADER_ONLY_WARNING + "\n")
     optimisation_set = f"{out}/optimisation_set.star"
     write_star(optimisation_set, {"optimisation_set": {"rlnTomoParticlesFile": f"{out}/particles.star",
                                                        "rlnTomoTomogramsFile": f"{out}/tomograms.star"}})
