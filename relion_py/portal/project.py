@@ -1,7 +1,9 @@
 """Write a RELION 5 project for runs of the CryoET Data Portal (the ``relion-py-portal`` program).
 
 Output, in ``--o``: ``tomograms.star`` (one row per tilt series + alignment), ``tilt_series/<name>.star``
-(one per tilt series; images named ``N@<OME-Zarr URL>``), ``particles.star`` (one optics group per tilt
+(one per tilt series; images named ``N@tilt_series/<name>.mrc``, a header-only stack whose pixels relion_py
+reads from ``N@<OME-Zarr URL>`` in ``rlnTomoRelionPyTiltSeriesUrl``, or with ``--download`` the downloaded
+stack: :mod:`relion_py.portal.download`), ``particles.star`` (one optics group per tilt
 series), ``optimisation_set.star`` and ``note.txt``. Paths inside the STAR files are relative to the working
 directory, the RELION project folder, as RELION writes them. The column ↔ portal field mapping is in
 :mod:`relion_py.portal.mapping`.
@@ -20,6 +22,7 @@ from ..io.mrc import stack_header
 from ..io.star import write_star
 from ..runtime.log import warn
 from ..runtime.options import option
+from .download import download_stack
 from .mapping import read_points, stack_shape, tilt_series_table, tomogram_size
 from .query import select
 
@@ -51,6 +54,9 @@ class PortalOptions:
     amplitude_contrast: float = option(0.07, "rlnAmplitudeContrast of every tilt series", REL)
     hand: float = option(-1.0, "rlnTomoHand of every tilt series (+1 or -1)", REL)
     s3: bool = option(False, "Name tilt images by their s3:// URL (anonymous S3) instead of https://", IO)
+    download: bool = option(False, "Write the selected tilt series as local MRC stacks (tilt_series/*.mrc, "
+                            "chunk by chunk, resumable) that every RELION program reads; without it, "
+                            "tilt_series/*.mrc are header-only and relion_py reads the pixels remotely", IO)
     o: str = option(None, "Output directory", IO, required=True)
     url: str = option("", "GraphQL endpoint of the portal (default: the client's, the public portal)", IO)
 
@@ -92,7 +98,7 @@ def make_portal_project(opts, command=None):
                      opts.automated_only, opts.tiltseries_id, opts.alignment_id, opts.voxel_spacing)
     out = opts.o.rstrip("/") or "."
     names = tomogram_names(sources)
-    tilt_series, headers, tomograms, optics, particles = {}, {}, [], [], []
+    tilt_series, headers, downloads, tomograms, optics, particles = {}, {}, {}, [], [], []
     for group, (name, source) in enumerate(zip(names, sources), 1):
         ts = source.tiltseries
         if ts.is_aligned:
@@ -108,10 +114,13 @@ def make_portal_project(opts, command=None):
             warn(f"alignment {source.alignment.id} ({name}) has a reconstruction volume offset of {offset} "
                  "Å, which RELION's geometry has no place for: it is ignored")
         star, stack = f"{out}/tilt_series/{name}.star", f"{out}/tilt_series/{name}.mrc"
-        table = tilt_series_table(source, stack, location.rstrip("/"))
-        tilt_series[star] = {name: table}
-        headers[stack] = stack_header(stack_shape(source), ts.pixel_spacing,
-                                      f"relion_py: HEADER ONLY, no pixels; they are at {location}")
+        if opts.download:
+            tilt_series[star] = {name: tilt_series_table(source, stack)}
+            downloads[stack] = location.rstrip("/"), ts.pixel_spacing
+        else:
+            tilt_series[star] = {name: tilt_series_table(source, stack, location.rstrip("/"))}
+            headers[stack] = stack_header(stack_shape(source), ts.pixel_spacing,
+                                          f"relion_py: HEADER ONLY, no pixels; they are at {location}")
         size = tomogram_size(source)
         voltage = ts.acceleration_voltage / 1000.0          # volts in the portal
         tomograms.append(dict(
@@ -132,6 +141,8 @@ def make_portal_project(opts, command=None):
         raise RelionPyError("the selected annotation files hold no points")
     # everything is checked: write
     os.makedirs(os.path.join(out, "tilt_series"), exist_ok=True)
+    for stack, (location, pixel_size) in downloads.items():    # first: the STAR files name complete stacks
+        download_stack(location, stack, pixel_size, f"relion_py: downloaded from {location}")
     for star, blocks in tilt_series.items():
         write_star(star, blocks)
     for stack, header in headers.items():
