@@ -448,3 +448,36 @@ def test_download_resumes_and_fetches_only_the_selection(portal, tmp_path, monke
     with working_directory(tmp_path):                                  # complete: nothing fetched again
         make_portal_project(_options(portal, tiltseries_id=400, download=True))
     assert not portal.server.requests("TS_02.zarr/0/")
+
+
+def test_selection_by_names_depositions_annotations_tomograms(portal, tmp_path):
+    project, _ = _project(portal, tmp_path / "a", run_ids="", run_names="TS_02")
+    assert project.tomograms == ["TS_02"]
+    project, _ = _project(portal, tmp_path / "b", run_ids="", deposition_ids="10000")
+    assert project.tomograms == ["TS_01", "TS_02"] and project.n_particles == 12
+    tables = json.load(open(os.path.join(portal.root, "portal.json")))
+    ground_truth = [a["id"] for a in tables["annotations"] if a["groundTruthStatus"]]
+    project, _ = _project(portal, tmp_path / "c", annotation_ids=str(ground_truth[0]))
+    assert len(project.tomograms) == 1
+    tomogram = next(t for t in tables["tomograms"] if t["alignmentId"] == 300)
+    project, _ = _project(portal, tmp_path / "d", tomogram_ids=str(tomogram["id"]))
+    assert project.tomograms == ["TS_01"]
+    for kw, message in [(dict(run_names="TS_09"), "no run named TS_09"),
+                        (dict(tomogram_ids="123456"), "no tomogram with id 123456"),
+                        (dict(deposition_ids="5"), "no annotation of object")]:
+        with pytest.raises(RelionPyError, match=message):
+            _project(portal, tmp_path / "e", **kw)
+
+
+def test_dry_run_writes_nothing(portal, tmp_path, capsys):
+    with working_directory(tmp_path):
+        assert portal_main(["--url", portal.server.graphql_url, "--run_ids", "100,200", "--object",
+                            OBJECT_NAME, "--ground_truth", "--o", "Portal/", "--dry_run", "--download"]) == 0
+    out = capsys.readouterr().out
+    assert "TS_01: run 100 (TS_01)" in out and "6 particles" in out
+    tables = json.load(open(os.path.join(portal.root, "portal.json")))
+    expected = sum(int(t.get("fileSizeOmezarr") or 0) or 4 * t["sizeX"] * t["sizeY"] * t["sizeZ"]
+                   for t in tables["tiltseries"])
+    assert f"2 tilt series, 12 particles, {expected} bytes of tilt series" in out
+    assert not list(tmp_path.iterdir())
+    assert not portal.server.requests("/TiltSeries/")

@@ -46,6 +46,8 @@ def main(argv=None):
 
     def run():
         project = make_portal_project(opts, command=[PROG] + argv)
+        if opts.dry_run:
+            return
         info(f"wrote {project.optimisation_set}: {len(project.tomograms)} tilt series, "
              f"{project.n_particles} particles")
         if split < len(argv):

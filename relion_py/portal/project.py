@@ -48,6 +48,12 @@ class PortalOptions:
     inexact_match: bool = option(False, "Match object names containing --object, ignoring case", SEL)
     ground_truth: bool = option(False, "Only annotations marked as ground truth", SEL)
     automated_only: bool = option(False, "Only automated annotations (method type 'automated')", SEL)
+    run_names: str = option("", "Run names, comma-separated", SEL)
+    deposition_ids: str = option("", "Only annotations of these depositions, comma-separated (with no run "
+                                 "given: their runs)", SEL)
+    annotation_ids: str = option("", "Only these annotations, comma-separated", SEL)
+    tomogram_ids: str = option("", "Only annotation files on these tomograms' alignments and voxel "
+                               "spacings, comma-separated", SEL)
     tiltseries_id: int = option(None, "Only this tilt series", SEL)
     alignment_id: int = option(None, "Only annotation files on this alignment", SEL)
     voxel_spacing: float = option(None, "Only annotation files of tomograms at this voxel spacing (Å)", SEL)
@@ -59,6 +65,8 @@ class PortalOptions:
                             "tilt_series/*.mrc are header-only and relion_py reads the pixels remotely", IO)
     o: str = option(None, "Output directory", IO, required=True)
     url: str = option("", "GraphQL endpoint of the portal (default: the client's, the public portal)", IO)
+    dry_run: bool = option(False, "Print the runs, particles per run and bytes of the tilt series (what "
+                           "--download fetches) without writing anything", IO)
 
 
 @dataclass
@@ -95,7 +103,10 @@ def make_portal_project(opts, command=None):
         raise RelionPyError(f"--hand {opts.hand}: must be 1 or -1")
     client = cdp.Client(url=opts.url or None)
     sources = select(client, run_ids, dataset_ids, opts.object, opts.inexact_match, opts.ground_truth,
-                     opts.automated_only, opts.tiltseries_id, opts.alignment_id, opts.voxel_spacing)
+                     opts.automated_only, opts.tiltseries_id, opts.alignment_id, opts.voxel_spacing,
+                     [n for n in opts.run_names.split(",") if n.strip()] if opts.run_names else [],
+                     _ids(opts.deposition_ids, "deposition_ids"), _ids(opts.annotation_ids, "annotation_ids"),
+                     _ids(opts.tomogram_ids, "tomogram_ids"))
     out = opts.o.rstrip("/") or "."
     names = tomogram_names(sources)
     tilt_series, headers, downloads, tomograms, optics, particles = {}, {}, {}, [], [], []
@@ -139,6 +150,9 @@ def make_portal_project(opts, command=None):
     table = _particle_table(particles)
     if not len(table):
         raise RelionPyError("the selected annotation files hold no points")
+    if opts.dry_run:
+        _print_plan(names, sources, table)
+        return PortalProject(None, names, len(table))
     # everything is checked: write
     os.makedirs(os.path.join(out, "tilt_series"), exist_ok=True)
     for stack, (location, pixel_size) in downloads.items():    # first: the STAR files name complete stacks
@@ -159,6 +173,21 @@ def make_portal_project(opts, command=None):
     write_star(optimisation_set, {"optimisation_set": {"rlnTomoParticlesFile": f"{out}/particles.star",
                                                        "rlnTomoTomogramsFile": f"{out}/tomograms.star"}})
     return PortalProject(optimisation_set, names, len(table))
+
+
+def _print_plan(names, sources, table):
+    """--dry_run: one line per tomogram (run, tilt series, particles, tilt-series bytes) and the totals."""
+    total = 0
+    for name, source in zip(names, sources):
+        ts = source.tiltseries
+        nbytes = int(ts.file_size_omezarr or 0) or 4 * int(np.prod(stack_shape(source)))
+        total += nbytes
+        print(f"{name}: run {source.run.id} ({source.run.name}), tilt series {ts.id}, alignment "
+              f"{source.alignment.id}, {int((table['rlnTomoName'] == name).sum())} particles, tilt series "
+              f"{nbytes} bytes")
+    print(f"dry run: {len(names)} tilt series, {len(table)} particles, {total} bytes of tilt series "
+          "(fetched whole by --download; extraction fetches only the chunks under particle windows); "
+          "nothing written")
 
 
 def _particle_table(particles):
