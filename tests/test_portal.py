@@ -103,12 +103,12 @@ def test_project_equals_the_local_relion_project(portal, tmp_path):
     for name in ("TS_01", "TS_02"):
         ref, cand = (read_star(os.path.join(d, "tilt_series", f"{name}.star"))[name] for d in (local, remote))
         # RELION reads geometry from a header-only stack; relion_py reads pixels from the URL column
-        assert list(cand["rlnMicrographName"]) == [f"{z}@Portal/tilt_series/{name}.mrc" for z in range(1, 14)]
+        assert list(cand["rlnMicrographName"]) == [f"{z}@Portal/tilt_series/{name}.mrcs" for z in range(1, 14)]
         assert list(cand[REMOTE_IMAGES_LABEL]) == [f"{z}@{portal.zarr_url(name)}" for z in range(1, 14)]
         assert (cand["rlnCtfMaxResolution"] == 8.0).all()
         pd.testing.assert_frame_equal(ref.drop(columns="rlnMicrographName"), cand.drop(
             columns=["rlnMicrographName", REMOTE_IMAGES_LABEL, "rlnCtfMaxResolution"]))
-        _assert_header_only(tmp_path / "Portal" / "tilt_series" / f"{name}.mrc",
+        _assert_header_only(tmp_path / "Portal" / "tilt_series" / f"{name}.mrcs",
                             os.path.join(local, "tilt_series", f"{name}.mrcs"))
     assert "HEADER-ONLY" in (tmp_path / "Portal" / "note.txt").read_text()
     assert read_star(tmp_path / "Portal/optimisation_set.star")["optimisation_set"] == {
@@ -391,11 +391,11 @@ def test_download_extraction_equals_remote_extraction(portal, tmp_path, args):
             assert extract_main(["--i", "project/optimisation_set.star", "--o", "Extract/"] + args) == 0
     names = read_star(tmp_path / "download/project/tilt_series/TS_01.star")["TS_01"]
     assert REMOTE_IMAGES_LABEL not in names.columns
-    assert list(names["rlnMicrographName"]) == [f"{z}@project/tilt_series/TS_01.mrc" for z in range(1, 14)]
+    assert list(names["rlnMicrographName"]) == [f"{z}@project/tilt_series/TS_01.mrcs" for z in range(1, 14)]
     assert "HEADER-ONLY" not in (tmp_path / "download/project/note.txt").read_text()
     for name in ("TS_01", "TS_02"):       # the stacks hold the simulated pixels
         np.testing.assert_array_equal(
-            mmap_mrc(str(tmp_path / f"download/project/tilt_series/{name}.mrc")),
+            mmap_mrc(str(tmp_path / f"download/project/tilt_series/{name}.mrcs")),
             mmap_mrc(os.path.join(portal.local, "project", "tilt_series", f"{name}.mrcs")))
     _same_outputs(tmp_path / "remote/Extract", tmp_path / "download/Extract")
 
@@ -428,7 +428,7 @@ def test_download_resumes_and_fetches_only_the_selection(portal, tmp_path, monke
     monkeypatch.setattr(zarr_images.ZarrArray, "read_slab", interrupted)
     with working_directory(tmp_path), pytest.raises(KeyboardInterrupt):
         make_portal_project(_options(portal, tiltseries_id=400, download=True))
-    part = tmp_path / "Portal/tilt_series/TS_02.mrc.part"
+    part = tmp_path / "Portal/tilt_series/TS_02.mrcs.part"
     assert part.stat().st_size == 1024 + 5 * 384 * 352 * 4
     assert not (tmp_path / "Portal/tilt_series/TS_02.star").exists()    # no STAR file names a partial stack
     # the stack of the run not selected is never read
@@ -441,7 +441,7 @@ def test_download_resumes_and_fetches_only_the_selection(portal, tmp_path, monke
         make_portal_project(_options(portal, tiltseries_id=400, download=True))
     fetched = {r.path.split("TS_02.zarr/0/")[1].split("/")[0] for r in portal.server.requests("TS_02.zarr/0/")}
     assert fetched == {str(z) for z in range(5, 13)}                    # only the slices not written
-    stack = str(tmp_path / "Portal/tilt_series/TS_02.mrc")
+    stack = str(tmp_path / "Portal/tilt_series/TS_02.mrcs")
     np.testing.assert_array_equal(mmap_mrc(stack), mmap_mrc(reference))
     assert not part.exists()
     portal.server.reset()

@@ -6,7 +6,7 @@ the size of the stack. The pixels are the float32 values relion_py's OME-Zarr re
 (:class:`relion_py.io.zarr_images.ZarrArray`), so extraction from the downloaded stack equals extraction
 from the portal bit for bit.
 
-The stack is written as ``<name>.mrc.part`` (header first, its statistics marked as not computed, then the
+The stack is written as ``<name>.mrcs.part`` (header first, its statistics marked as not computed, then the
 slices in order) and renamed when complete. An interrupted download resumes: a ``.part`` file with the
 expected header keeps its complete chunk rows, and a finished stack of the expected size is not fetched
 again.

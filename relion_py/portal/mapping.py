@@ -3,7 +3,7 @@
 Tilt-series STAR file, one row per aligned section, in ``z_index`` order (RELION's frame f = row f):
 
 ======================================  ===========================================================
-``rlnMicrographName``                   ``<z_index + 1>@tilt_series/<name>.mrc``: the section's slice of a
+``rlnMicrographName``                   ``<z_index + 1>@tilt_series/<name>.mrcs``: the section's slice of a
                                         local MRC stack, downloaded (``--download``) or header-only
                                         (the portal stack's size and pixel size, no pixels: what RELION
                                         needs to read geometry)

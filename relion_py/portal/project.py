@@ -1,7 +1,7 @@
 """Write a RELION 5 project for runs of the CryoET Data Portal (the ``relion-py-portal`` program).
 
 Output, in ``--o``: ``tomograms.star`` (one row per tilt series + alignment), ``tilt_series/<name>.star``
-(one per tilt series; images named ``N@tilt_series/<name>.mrc``, a header-only stack whose pixels relion_py
+(one per tilt series; images named ``N@tilt_series/<name>.mrcs``, a header-only stack whose pixels relion_py
 reads from ``N@<OME-Zarr URL>`` in ``rlnTomoRelionPyTiltSeriesUrl``, or with ``--download`` the downloaded
 stack: :mod:`relion_py.portal.download`), ``particles.star`` (one optics group per tilt
 series), ``optimisation_set.star`` and ``note.txt``. Paths inside the STAR files are relative to the working
@@ -30,7 +30,7 @@ SEL = "Selection"
 REL = "Values the portal does not hold"
 IO = "Input and output"
 HEADER_ONLY_WARNING = (
-    "WARNING: tilt_series/*.mrc are HEADER-ONLY MRC files (1024 bytes: the portal stack's size and pixel "
+    "WARNING: tilt_series/*.mrcs are HEADER-ONLY MRC files (1024 bytes: the portal stack's size and pixel "
     "size, no pixels). RELION programs that read only geometry (relion_refine, "
     "relion_tomo_reconstruct_particle up to its pixel reads) accept them; relion_py reads the pixels from "
     "the OME-Zarr URLs in rlnTomoRelionPyTiltSeriesUrl. RELION programs that read tilt-series pixels "
@@ -60,9 +60,9 @@ class PortalOptions:
     amplitude_contrast: float = option(0.07, "rlnAmplitudeContrast of every tilt series", REL)
     hand: float = option(-1.0, "rlnTomoHand of every tilt series (+1 or -1)", REL)
     s3: bool = option(False, "Name tilt images by their s3:// URL (anonymous S3) instead of https://", IO)
-    download: bool = option(False, "Write the selected tilt series as local MRC stacks (tilt_series/*.mrc, "
+    download: bool = option(False, "Write the selected tilt series as local MRC stacks (tilt_series/*.mrcs, "
                             "chunk by chunk, resumable) that every RELION program reads; without it, "
-                            "tilt_series/*.mrc are header-only and relion_py reads the pixels remotely", IO)
+                            "tilt_series/*.mrcs are header-only and relion_py reads the pixels remotely", IO)
     o: str = option(None, "Output directory", IO, required=True)
     url: str = option("", "GraphQL endpoint of the portal (default: the client's, the public portal)", IO)
     dry_run: bool = option(False, "Print the runs, particles per run and bytes of the tilt series (what "
@@ -124,7 +124,7 @@ def make_portal_project(opts, command=None):
         if any(offset):
             warn(f"alignment {source.alignment.id} ({name}) has a reconstruction volume offset of {offset} "
                  "Å, which RELION's geometry has no place for: it is ignored")
-        star, stack = f"{out}/tilt_series/{name}.star", f"{out}/tilt_series/{name}.mrc"
+        star, stack = f"{out}/tilt_series/{name}.star", f"{out}/tilt_series/{name}.mrcs"
         if opts.download:
             tilt_series[star] = {name: tilt_series_table(source, stack)}
             downloads[stack] = location.rstrip("/"), ts.pixel_spacing
