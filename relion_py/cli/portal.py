@@ -12,8 +12,9 @@ from .extract import run_extraction
 PROG = "relion-py-portal"
 DESCRIPTION = """Write a RELION 5 project (tomograms.star, tilt_series/*.star, particles.star with one optics
 group per tilt series, optimisation_set.star) for point annotations of CryoET Data Portal runs. Only metadata
-and annotation files are downloaded: the tilt images are named by their OME-Zarr URL, and relion-py-extract /
-relion-py-reconstruct read only the chunks they need. RELION itself cannot read such image names.
+and annotation files are downloaded: relion-py-extract / relion-py-reconstruct read only the chunks they need from
+the tilt series' OME-Zarr URL; RELION reads the geometry from header-only MRC stacks (no pixels). --download
+writes the tilt series as local MRC stacks that every RELION program reads.
 Flags may be written with '-' or '_' (--inexact-match = --inexact_match)."""
 EPILOG = """one-shot extraction: relion-py-extract options after '--' extract the particles right away
 (--i is the new optimisation set), e.g.
@@ -51,6 +52,8 @@ def main(argv=None):
             from ..distributed.cluster import start_mpi
             start_mpi()   # before the portal project is made: only the client (rank 1) makes it
         project = make_portal_project(opts, command=[PROG] + argv)
+        if opts.dry_run:
+            return
         info(f"wrote {project.optimisation_set}: {len(project.tomograms)} tilt series, "
              f"{project.n_particles} particles")
         if split < len(argv):

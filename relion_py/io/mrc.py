@@ -71,8 +71,13 @@ def _statistics(values):
     return lo, hi, mean, float(np.sqrt(abs(var)))
 
 
-def _header(shape, mode, pixel_size, stack, stats):
-    """The 1024 header bytes of ``writeMRC`` (after ``Image::setSamplingRateInHeader``)."""
+# MRC2014: dmax < dmin, dmean < both and rms < 0 mean "not computed" (for headers written before the data)
+UNDETERMINED_STATISTICS = (0.0, -1.0, -2.0, -1.0)
+
+
+def _header(shape, mode, pixel_size, stack, stats, label=None):
+    """The 1024 header bytes of ``writeMRC`` (after ``Image::setSamplingRateInHeader``); ``label``
+    (ASCII, at most 80 characters) replaces RELION's time-stamped first label."""
     nz, ny, nx = shape
     words = np.zeros(HEADER_BYTES // 4, "<i4")
     floats = words.view("<f4")
@@ -91,7 +96,9 @@ def _header(shape, mode, pixel_size, stack, stats):
     raw = bytearray(words.tobytes())
     raw[208:216] = b"MAP DA\0\0"  # map, then the little-endian machine stamp 0x44 0x41
     # "Relion " + PACKAGE_VERSION (undefined in RELION's CMake build) + "   " + time stamp
-    label = ("Relion    " + time.strftime("%d-%b-%y  %H:%M:%S")).encode("ascii")
+    if label is None:
+        label = "Relion    " + time.strftime("%d-%b-%y  %H:%M:%S")
+    label = label.encode("ascii", "replace")[:80]
     raw[224:224 + len(label)] = label
     return bytes(raw)
 
@@ -112,6 +119,12 @@ def write_mrc(path, data, pixel_size, *, stack=False, float16=False):
     payload = float32_to_relion_float16(data).astype("<f2", copy=False) if float16 else data.astype("<f4", copy=False)
     with atomic_output(path) as tmp:
         write_arrays(tmp, header, payload)
+
+
+def stack_header(shape, pixel_size, label):
+    """The header of a float32 (mode 2) image stack of ``shape`` (nz, ny, nx), written before its data
+    (statistics marked as not computed)."""
+    return _header(shape, 2, pixel_size, True, UNDETERMINED_STATISTICS, label)
 
 
 def _read_header(path):

@@ -134,12 +134,14 @@ class ZarrArray:
             raise TransientFault(f"chunk holds {flat.nbytes} bytes, expected {expected} (truncated?)")
         return flat.view(self.dtype).reshape(self.chunks, order=self.order)
 
-    def _load(self, index):
-        """Fetch, decode and copy one chunk into the buffer (worker thread; regions are disjoint)."""
+    def _load(self, index, target=None, z0=0):
+        """Fetch, decode and copy one chunk into ``target`` (the buffer by default), whose slice 0 is
+        array slice ``z0`` (worker thread; regions are disjoint)."""
         block = fetch(self.store, self.chunk_key(index), self._decode, missing_ok=True)
         lo = [i * c for i, c in zip(index, self.chunks)]
         hi = [min(a + c, n) for a, c, n in zip(lo, self.chunks, self.shape)]
-        region = self._buffer[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        target = self._buffer if target is None else target
+        region = target[lo[0] - z0:hi[0] - z0, lo[1]:hi[1], lo[2]:hi[2]]
         if block is None:
             if self.fill_value is None:
                 raise RelionPyError(f"chunk {self.store.where(self.chunk_key(index))} is missing and the "
@@ -174,6 +176,16 @@ class ZarrArray:
             for index in pool.map(self._load, todo):
                 self.filled.add(index)
         gather_clamped_windows(self._buffer, z, origins, out)
+
+    def read_slab(self, cz, pool):
+        """The slices of chunk row ``cz`` (z chunk index) as a new float32 (depth, y, x) array, fetched
+        chunk by chunk past the window buffer (a download's memory is one chunk row)."""
+        z0 = cz * self.chunks[0]
+        slab = np.empty((min(z0 + self.chunks[0], self.shape[0]) - z0,) + self.shape[1:], np.float32)
+        rows, cols = (-(-n // c) for n, c in zip(self.shape[1:], self.chunks[1:]))
+        indices = [(cz, cy, cx) for cy in range(rows) for cx in range(cols)]
+        list(pool.map(lambda index: self._load(index, slab, z0), indices))
+        return slab
 
     def close(self):
         self.store.close()

@@ -3,8 +3,13 @@
 Tilt-series STAR file, one row per aligned section, in ``z_index`` order (RELION's frame f = row f):
 
 ======================================  ===========================================================
-``rlnMicrographName``                   ``<z_index + 1>@<TiltSeries.https_omezarr_dir>`` (or
-                                        ``s3_omezarr_dir``): the section's slice of the OME-Zarr stack
+``rlnMicrographName``                   ``<z_index + 1>@tilt_series/<name>.mrcs``: the section's slice of a
+                                        local MRC stack, downloaded (``--download``) or header-only
+                                        (the portal stack's size and pixel size, no pixels: what RELION
+                                        needs to read geometry)
+``rlnTomoRelionPyTiltSeriesUrl``        without ``--download``: ``<z_index + 1>@<TiltSeries.https_omezarr_dir>``
+                                        (or ``s3_omezarr_dir``), where relion_py reads the pixels; RELION
+                                        ignores (and keeps) the unknown label
 ``rlnTomoNominalStageTiltAngle``        ``PerSectionParameters.raw_angle``
 ``rlnMicrographPreExposure``            ``Frame.accumulated_dose``: the dose *before* the frame (backend
                                         ``ingestion_tools/scripts/importers/frame.py``, ``get_frame_metadata``
@@ -13,6 +18,7 @@ Tilt-series STAR file, one row per aligned section, in ``z_index`` order (RELION
                                         CTFFIND's defocus 1 / 2: ``common/ctf_converter.py``,
                                         ``importers/tiltseries.py``)
 ``rlnDefocusAngle``                     ``astigmatic_angle`` (degrees)
+``rlnCtfMaxResolution``                 ``max_resolution`` (Å; omitted if a section has none)
 ``rlnPhaseShift``                       ``degrees(phase_shift)`` (radians in the portal: ``CTFInfo``)
 ``rlnTomoXTilt``                        ``PerSectionAlignmentParameters.volume_x_rotation``
 ``rlnTomoYTilt``                        ``tilt_angle``
@@ -32,7 +38,8 @@ excluded tilts and get no row.
 
 tomograms.star: ``rlnVoltage`` = ``TiltSeries.acceleration_voltage`` / 1000 (volts in the portal),
 ``rlnSphericalAberration`` = ``spherical_aberration_constant`` (mm), ``rlnTomoTiltSeriesPixelSize`` =
-``pixel_spacing``, ``rlnTomoSizeX/Y/Z`` = ``Alignment.volume_{x,y,z}_dimension`` (Å) / pixel size. Not in the
+``pixel_spacing``, ``rlnMicrographOriginalPixelSize`` = ``pixel_spacing / binning_from_frames`` (the
+movies' pixel size), ``rlnTomoNominalTiltAxisAngle`` = ``TiltSeries.tilt_axis``, ``rlnTomoSizeX/Y/Z`` = ``Alignment.volume_{x,y,z}_dimension`` (Å) / pixel size. Not in the
 portal, so options: ``rlnAmplitudeContrast`` and ``rlnTomoHand``.
 
 particles.star: ``rlnCenteredCoordinate{X,Y,Z}Angst`` = (location − N/2) × voxel spacing, with N the size
@@ -51,6 +58,7 @@ import numpy as np
 import pandas as pd
 
 from ..runtime.errors import RelionPyError
+from ..project.tomograms import REMOTE_IMAGES_LABEL
 from ..tomography.geometry import matrix_to_euler
 
 
@@ -62,8 +70,9 @@ def tilt_axis_rotation(in_plane_rotation):
     return math.degrees(math.atan2(m[1, 0], m[0, 0]))
 
 
-def tilt_series_table(source, zarr_location):
-    """The tilt-series STAR table of one :class:`~relion_py.portal.query.TomogramSource`."""
+def tilt_series_table(source, stack, zarr_location=None):
+    """The tilt-series STAR table of one :class:`~relion_py.portal.query.TomogramSource`: images named
+    ``N@stack``, and ``N@zarr_location`` in :data:`REMOTE_IMAGES_LABEL` if given."""
     ts, where = source.tiltseries, f"tilt series {source.tiltseries.id}"
     if not ts.pixel_spacing:
         raise RelionPyError(f"{where} has no pixel spacing")
@@ -83,27 +92,46 @@ def tilt_series_table(source, zarr_location):
                                 "(RELION needs rlnMicrographPreExposure)")
         if None in (a.tilt_angle, a.volume_x_rotation, a.in_plane_rotation, a.x_offset, a.y_offset):
             raise RelionPyError(f"{at}: incomplete alignment parameters (alignment {source.alignment.id})")
-        rows.append({
-            "rlnMicrographName": f"{a.z_index + 1}@{zarr_location}",
+        row = {"rlnMicrographName": f"{a.z_index + 1}@{stack}"}
+        if zarr_location is not None:
+            row[REMOTE_IMAGES_LABEL] = f"{a.z_index + 1}@{zarr_location}"
+        rows.append(dict(row, **{
             "rlnTomoNominalStageTiltAngle": s.raw_angle,
             "rlnMicrographPreExposure": frame.accumulated_dose,
             "rlnDefocusU": s.major_defocus,
             "rlnDefocusV": s.minor_defocus,
             "rlnDefocusAngle": s.astigmatic_angle,
+            "rlnCtfMaxResolution": s.max_resolution,
             "rlnPhaseShift": None if s.phase_shift is None else math.degrees(s.phase_shift),
             "rlnTomoXTilt": a.volume_x_rotation,
             "rlnTomoYTilt": a.tilt_angle,
             "rlnTomoZRot": tilt_axis_rotation(a.in_plane_rotation),
             "rlnTomoXShiftAngst": a.x_offset * ts.pixel_spacing,
             "rlnTomoYShiftAngst": a.y_offset * ts.pixel_spacing,
-        })
+        }))
     table = pd.DataFrame(rows)
+    if table["rlnCtfMaxResolution"].isna().any():
+        table = table.drop(columns="rlnCtfMaxResolution")  # an estimate's quality: optional in RELION
     phase = table["rlnPhaseShift"]
     if phase.isna().all():
         table = table.drop(columns="rlnPhaseShift")  # RELION's default: no phase shift
     elif phase.isna().any():
         raise RelionPyError(f"{where}: a phase shift is given for some sections only")
     return table
+
+
+def stack_shape(source):
+    """(nz, ny, nx) of the tilt series' stack: ``TiltSeries.size_z/y/x``."""
+    ts = source.tiltseries
+    shape = (ts.size_z, ts.size_y, ts.size_x)
+    if not all(shape):
+        raise RelionPyError(f"tilt series {ts.id} (run {source.run.name}) has no size (size_x/y/z) in the "
+                            "portal")
+    depth = max(a.z_index for a in source.section_alignments) + 1 if source.section_alignments else 0
+    if depth > shape[0]:
+        raise RelionPyError(f"tilt series {ts.id} (run {source.run.name}): an alignment names section "
+                            f"{depth - 1}, but the stack holds {shape[0]} sections (size_z)")
+    return tuple(int(v) for v in shape)
 
 
 def tomogram_size(source):

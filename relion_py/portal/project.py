@@ -1,7 +1,9 @@
 """Write a RELION 5 project for runs of the CryoET Data Portal (the ``relion-py-portal`` program).
 
 Output, in ``--o``: ``tomograms.star`` (one row per tilt series + alignment), ``tilt_series/<name>.star``
-(one per tilt series; images named ``N@<OME-Zarr URL>``), ``particles.star`` (one optics group per tilt
+(one per tilt series; images named ``N@tilt_series/<name>.mrcs``, a header-only stack whose pixels relion_py
+reads from ``N@<OME-Zarr URL>`` in ``rlnTomoRelionPyTiltSeriesUrl``, or with ``--download`` the downloaded
+stack: :mod:`relion_py.portal.download`), ``particles.star`` (one optics group per tilt
 series), ``optimisation_set.star`` and ``note.txt``. Paths inside the STAR files are relative to the working
 directory, the RELION project folder, as RELION writes them. The column ↔ portal field mapping is in
 :mod:`relion_py.portal.mapping`.
@@ -16,15 +18,24 @@ import pandas as pd
 
 from ..runtime.errors import RelionPyError
 from ..io.atomic import atomic_output
+from ..io.mrc import stack_header
 from ..io.star import write_star
 from ..runtime.log import warn
 from ..runtime.options import option
-from .mapping import read_points, tilt_series_table, tomogram_size
+from .download import download_stack
+from .mapping import read_points, stack_shape, tilt_series_table, tomogram_size
 from .query import select
 
 SEL = "Selection"
 REL = "Values the portal does not hold"
 IO = "Input and output"
+HEADER_ONLY_WARNING = (
+    "WARNING: tilt_series/*.mrcs are HEADER-ONLY MRC files (1024 bytes: the portal stack's size and pixel "
+    "size, no pixels). RELION programs that read only geometry (relion_refine, "
+    "relion_tomo_reconstruct_particle up to its pixel reads) accept them; relion_py reads the pixels from "
+    "the OME-Zarr URLs in rlnTomoRelionPyTiltSeriesUrl. RELION programs that read tilt-series pixels "
+    "(relion_tomo_subtomo, relion_tomo_reconstruct_particle, ctf refinement, ...) must run on a project "
+    "written with --download.")
 
 
 @dataclass
@@ -37,14 +48,25 @@ class PortalOptions:
     inexact_match: bool = option(False, "Match object names containing --object, ignoring case", SEL)
     ground_truth: bool = option(False, "Only annotations marked as ground truth", SEL)
     automated_only: bool = option(False, "Only automated annotations (method type 'automated')", SEL)
+    run_names: str = option("", "Run names, comma-separated", SEL)
+    deposition_ids: str = option("", "Only annotations of these depositions, comma-separated (with no run "
+                                 "given: their runs)", SEL)
+    annotation_ids: str = option("", "Only these annotations, comma-separated", SEL)
+    tomogram_ids: str = option("", "Only annotation files on these tomograms' alignments and voxel "
+                               "spacings, comma-separated", SEL)
     tiltseries_id: int = option(None, "Only this tilt series", SEL)
     alignment_id: int = option(None, "Only annotation files on this alignment", SEL)
     voxel_spacing: float = option(None, "Only annotation files of tomograms at this voxel spacing (Å)", SEL)
     amplitude_contrast: float = option(0.07, "rlnAmplitudeContrast of every tilt series", REL)
     hand: float = option(-1.0, "rlnTomoHand of every tilt series (+1 or -1)", REL)
     s3: bool = option(False, "Name tilt images by their s3:// URL (anonymous S3) instead of https://", IO)
+    download: bool = option(False, "Write the selected tilt series as local MRC stacks (tilt_series/*.mrcs, "
+                            "chunk by chunk, resumable) that every RELION program reads; without it, "
+                            "tilt_series/*.mrcs are header-only and relion_py reads the pixels remotely", IO)
     o: str = option(None, "Output directory", IO, required=True)
     url: str = option("", "GraphQL endpoint of the portal (default: the client's, the public portal)", IO)
+    dry_run: bool = option(False, "Print the runs, particles per run and bytes of the tilt series (what "
+                           "--download fetches) without writing anything", IO)
 
 
 @dataclass
@@ -81,10 +103,13 @@ def make_portal_project(opts, command=None):
         raise RelionPyError(f"--hand {opts.hand}: must be 1 or -1")
     client = cdp.Client(url=opts.url or None)
     sources = select(client, run_ids, dataset_ids, opts.object, opts.inexact_match, opts.ground_truth,
-                     opts.automated_only, opts.tiltseries_id, opts.alignment_id, opts.voxel_spacing)
+                     opts.automated_only, opts.tiltseries_id, opts.alignment_id, opts.voxel_spacing,
+                     [n for n in opts.run_names.split(",") if n.strip()] if opts.run_names else [],
+                     _ids(opts.deposition_ids, "deposition_ids"), _ids(opts.annotation_ids, "annotation_ids"),
+                     _ids(opts.tomogram_ids, "tomogram_ids"))
     out = opts.o.rstrip("/") or "."
     names = tomogram_names(sources)
-    tilt_series, tomograms, optics, particles = {}, [], [], []
+    tilt_series, headers, downloads, tomograms, optics, particles = {}, {}, {}, [], [], []
     for group, (name, source) in enumerate(zip(names, sources), 1):
         ts = source.tiltseries
         if ts.is_aligned:
@@ -99,15 +124,23 @@ def make_portal_project(opts, command=None):
         if any(offset):
             warn(f"alignment {source.alignment.id} ({name}) has a reconstruction volume offset of {offset} "
                  "Å, which RELION's geometry has no place for: it is ignored")
-        star = f"{out}/tilt_series/{name}.star"
-        tilt_series[star] = {name: tilt_series_table(source, location.rstrip("/"))}
+        star, stack = f"{out}/tilt_series/{name}.star", f"{out}/tilt_series/{name}.mrcs"
+        if opts.download:
+            tilt_series[star] = {name: tilt_series_table(source, stack)}
+            downloads[stack] = location.rstrip("/"), ts.pixel_spacing
+        else:
+            tilt_series[star] = {name: tilt_series_table(source, stack, location.rstrip("/"))}
+            headers[stack] = stack_header(stack_shape(source), ts.pixel_spacing,
+                                          f"relion_py: HEADER ONLY, no pixels; they are at {location}")
         size = tomogram_size(source)
         voltage = ts.acceleration_voltage / 1000.0          # volts in the portal
         tomograms.append(dict(
             rlnTomoName=name, rlnVoltage=voltage, rlnSphericalAberration=ts.spherical_aberration_constant,
             rlnAmplitudeContrast=opts.amplitude_contrast, rlnTomoHand=opts.hand, rlnOpticsGroupName=name,
+            rlnMicrographOriginalPixelSize=ts.pixel_spacing / (ts.binning_from_frames or 1.0),
             rlnTomoTiltSeriesPixelSize=ts.pixel_spacing, rlnTomoTiltSeriesStarFile=star,
-            rlnTomoSizeX=size[0], rlnTomoSizeY=size[1], rlnTomoSizeZ=size[2]))
+            rlnTomoSizeX=size[0], rlnTomoSizeY=size[1], rlnTomoSizeZ=size[2],
+            **({} if ts.tilt_axis is None else {"rlnTomoNominalTiltAxisAngle": ts.tilt_axis})))
         optics.append(dict(rlnOpticsGroup=group, rlnOpticsGroupName=name,
                            rlnSphericalAberration=ts.spherical_aberration_constant, rlnVoltage=voltage,
                            rlnTomoTiltSeriesPixelSize=ts.pixel_spacing,
@@ -117,19 +150,44 @@ def make_portal_project(opts, command=None):
     table = _particle_table(particles)
     if not len(table):
         raise RelionPyError("the selected annotation files hold no points")
+    if opts.dry_run:
+        _print_plan(names, sources, table)
+        return PortalProject(None, names, len(table))
     # everything is checked: write
     os.makedirs(os.path.join(out, "tilt_series"), exist_ok=True)
+    for stack, (location, pixel_size) in downloads.items():    # first: the STAR files name complete stacks
+        download_stack(location, stack, pixel_size, f"relion_py: downloaded from {location}")
     for star, blocks in tilt_series.items():
         write_star(star, blocks)
+    for stack, header in headers.items():
+        with atomic_output(stack) as tmp, open(tmp, "wb") as fh:
+            fh.write(header)
     write_star(f"{out}/tomograms.star", {"global": pd.DataFrame(tomograms)})
     write_star(f"{out}/particles.star", {"optics": pd.DataFrame(optics), "particles": table})
-    if command:  # as relion_py's other programs (and RELION's tomography programs) write it
-        with atomic_output(os.path.join(out, "note.txt")) as tmp, open(tmp, "w") as fh:
-            fh.write("Command:\n\n" + "".join(w + " " for w in command) + "\n")
+    # the command as relion_py's other programs (and RELION's tomography programs) write it
+    with atomic_output(os.path.join(out, "note.txt")) as tmp, open(tmp, "w") as fh:
+        fh.write("Command:\n\n" + "".join(w + " " for w in command or []) + "\n")
+        if headers:
+            fh.write("\n" + HEADER_ONLY_WARNING + "\n")
     optimisation_set = f"{out}/optimisation_set.star"
     write_star(optimisation_set, {"optimisation_set": {"rlnTomoParticlesFile": f"{out}/particles.star",
                                                        "rlnTomoTomogramsFile": f"{out}/tomograms.star"}})
     return PortalProject(optimisation_set, names, len(table))
+
+
+def _print_plan(names, sources, table):
+    """--dry_run: one line per tomogram (run, tilt series, particles, tilt-series bytes) and the totals."""
+    total = 0
+    for name, source in zip(names, sources):
+        ts = source.tiltseries
+        nbytes = int(ts.file_size_omezarr or 0) or 4 * int(np.prod(stack_shape(source)))
+        total += nbytes
+        print(f"{name}: run {source.run.id} ({source.run.name}), tilt series {ts.id}, alignment "
+              f"{source.alignment.id}, {int((table['rlnTomoName'] == name).sum())} particles, tilt series "
+              f"{nbytes} bytes")
+    print(f"dry run: {len(names)} tilt series, {len(table)} particles, {total} bytes of tilt series "
+          "(fetched whole by --download; extraction fetches only the chunks under particle windows); "
+          "nothing written")
 
 
 def _particle_table(particles):

@@ -81,14 +81,17 @@ def _by_id(model, client, ids):
 
 
 def select(client, run_ids=(), dataset_ids=(), object_name="", inexact_match=False, ground_truth=False,
-           automated_only=False, tiltseries_id=None, alignment_id=None, voxel_spacing=None):
+           automated_only=False, tiltseries_id=None, alignment_id=None, voxel_spacing=None, run_names=(),
+           deposition_ids=(), annotation_ids=(), tomogram_ids=()):
     """The tomograms (tilt series + alignment) and point annotations to convert, in run-id order.
 
     Annotations: ``Annotation.object_name`` equal to ``object_name`` (case-insensitive substring with
     ``inexact_match``), ``ground_truth_status`` true with ``ground_truth``, ``method_type == 'automated'``
     with ``automated_only``; their OrientedPoint / Point shapes' ndjson files
     (``AnnotationFile.format``), optionally restricted to one alignment, one tilt series or one voxel
-    spacing (Å, ±0.001).
+    spacing (Å, ±0.001). ``run_names`` add runs by name; ``deposition_ids`` and ``annotation_ids``
+    restrict the annotations (with no run given, the runs are those of the annotations of
+    ``deposition_ids``); ``tomogram_ids`` keep the files on those tomograms' alignments and voxel spacings.
     """
     runs = _by_id(cdp.Run, client, set(run_ids))
     missing = sorted(set(run_ids) - set(runs))
@@ -100,8 +103,17 @@ def select(client, run_ids=(), dataset_ids=(), object_name="", inexact_match=Fal
         if empty:
             raise RelionPyError(f"no run in dataset {', '.join(map(str, empty))} of the CryoET Data Portal")
         runs.update((r.id, r) for r in found)
+    if run_names:
+        found = _find(cdp.Run, client, cdp.Run.name._in(list(run_names)))
+        unknown = sorted(set(run_names) - {r.name for r in found})
+        if unknown:
+            raise RelionPyError(f"no run named {', '.join(unknown)} in the CryoET Data Portal")
+        runs.update((r.id, r) for r in found)
+    if not runs and deposition_ids:
+        in_depositions = _find(cdp.Annotation, client, cdp.Annotation.deposition_id._in(list(deposition_ids)))
+        runs = _by_id(cdp.Run, client, {a.run_id for a in in_depositions})
     if not runs:
-        raise RelionPyError("no run selected: give run ids and/or dataset ids")
+        raise RelionPyError("no run selected: give run ids, run names, dataset ids or deposition ids")
 
     in_runs = cdp.Annotation.run_id._in(sorted(runs))
     filters = [in_runs, cdp.Annotation.object_name.ilike(f"%{object_name}%") if inexact_match
@@ -110,6 +122,10 @@ def select(client, run_ids=(), dataset_ids=(), object_name="", inexact_match=Fal
         filters.append(cdp.Annotation.ground_truth_status == True)  # noqa: E712 - a GraphQL filter
     if automated_only:
         filters.append(cdp.Annotation.method_type == "automated")
+    if deposition_ids:
+        filters.append(cdp.Annotation.deposition_id._in(list(deposition_ids)))
+    if annotation_ids:
+        filters.append(cdp.Annotation.id._in(list(annotation_ids)))
     annotations = _find(cdp.Annotation, client, *filters)
     if not annotations:
         names = sorted({a.object_name for a in _find(cdp.Annotation, client, in_runs)})
@@ -133,6 +149,13 @@ def select(client, run_ids=(), dataset_ids=(), object_name="", inexact_match=Fal
     alignments = _by_id(cdp.Alignment, client, {f.alignment_id for f in files if f.alignment_id is not None})
     files = [f for f in files if f.alignment_id in alignments
              and tiltseries_id in (None, alignments[f.alignment_id].tiltseries_id)]
+    if tomogram_ids:
+        tomograms = _by_id(cdp.Tomogram, client, set(tomogram_ids))
+        missing = sorted(set(tomogram_ids) - set(tomograms))
+        if missing:
+            raise RelionPyError(f"no tomogram with id {', '.join(map(str, missing))} in the CryoET Data Portal")
+        on = {(t.alignment_id, t.tomogram_voxel_spacing_id) for t in tomograms.values()}
+        files = [f for f in files if (f.alignment_id, f.tomogram_voxel_spacing_id) in on]
     if not files:
         raise RelionPyError("no point annotation file (ndjson, with an alignment) matches the selection")
     return _tomogram_sources(client, runs, _one_file_per_shape(files, alignments), alignments, spacings)

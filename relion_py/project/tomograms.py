@@ -17,6 +17,10 @@ GLOBAL_REQUIRED = ("rlnTomoName", "rlnVoltage", "rlnSphericalAberration", "rlnAm
                    "rlnTomoTiltSeriesPixelSize", "rlnTomoHand", "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
 ANGLE_LABELS = ("rlnTomoYTilt", "rlnTomoZRot", "rlnTomoXShiftAngst", "rlnTomoYShiftAngst")
 MATRIX_LABELS = ("rlnTomoProjX", "rlnTomoProjY", "rlnTomoProjZ", "rlnTomoProjW")
+# relion_py's own tilt-series column (RELION ignores and keeps unknown labels): where the pixels of the
+# frames are read (``N@<OME-Zarr URL>``) when rlnMicrographName names a header-only MRC stack, the
+# geometry RELION needs (relion-py-portal without --download)
+REMOTE_IMAGES_LABEL = "rlnTomoRelionPyTiltSeriesUrl"
 
 
 @dataclass
@@ -36,7 +40,7 @@ class Tomogram:
     size: tuple                    # (w0, h0, d0) ints
     defocus_slope: float
     bfactor_per_dose: float
-    micrograph_names: list
+    micrograph_names: list         # where the pixels of each frame are read
     dose: np.ndarray               # (fc,) rlnMicrographPreExposure, e/Å²
     defocus_u: np.ndarray          # (fc,)
     defocus_v: np.ndarray          # (fc,)
@@ -107,6 +111,11 @@ def _parse_vectors(values, where, label):
     return rows
 
 
+def _images_label(frames):
+    """The column naming where the pixels are: :data:`REMOTE_IMAGES_LABEL` if present."""
+    return REMOTE_IMAGES_LABEL if REMOTE_IMAGES_LABEL in frames.columns else "rlnMicrographName"
+
+
 def _read_tomogram(row, frames, where):
     name = str(row["rlnTomoName"])
     q0 = float(row["rlnAmplitudeContrast"])
@@ -127,7 +136,7 @@ def _read_tomogram(row, frames, where):
         size=tuple(int(row[k]) for k in ("rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")),
         defocus_slope=float(row.get("rlnTomoDefocusSlope", 1.0)),
         bfactor_per_dose=float(row.get("rlnCtfBfactorPerElectronDose", 0.0)),
-        micrograph_names=[str(n) for n in frames["rlnMicrographName"]],
+        micrograph_names=[str(n) for n in frames[_images_label(frames)]],
         dose=column(frames, "rlnMicrographPreExposure", ts_where),
         defocus_u=column(frames, "rlnDefocusU", ts_where),
         defocus_v=column(frames, "rlnDefocusV", ts_where),
