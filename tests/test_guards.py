@@ -202,3 +202,19 @@ def test_min_frames_drop_is_named(project, capsys):
     assert status == 0
     assert any("visible in fewer than --min_frames 100 images" in line for line in err), err
     assert not any("too close to the edge" in line for line in err if "fewer" not in line and "1 particle" in line)
+
+
+@pytest.mark.parametrize("program", ["extract", "reconstruct"])
+def test_relion_gui_abort_file_stops_the_run(program, tmp_path):
+    """RELION's GUI aborts a job by creating RELION_JOB_ABORT_NOW in its folder: the run stops, exits 2
+    (RELION_EXIT_ABORTED) and leaves RELION_JOB_EXIT_ABORTED."""
+    job = tmp_path / "Job" / "job001"
+    job.mkdir(parents=True)
+    (job / "RELION_JOB_ABORT_NOW").touch()
+    args = ["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star", "--o", f"{job}/", "--b", "32",
+            "--crop", "24", "--pipeline_control", f"{job}/"]
+    with working_directory(FIXTURES):
+        main = extract.main if program == "extract" else reconstruct.main
+        status = main(args + (["--stack2d"] if program == "extract" else []))
+    assert status == 2
+    assert (job / "RELION_JOB_EXIT_ABORTED").exists() and not (job / "RELION_JOB_EXIT_SUCCESS").exists()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from relion_py.runtime.partition import BATCH_SIZE, OrderedReduction, batch_bounds
+from relion_py.runtime.partition import BATCH_SIZE, MAX_BATCHES, OrderedReduction, batch_bounds
 
 
 def test_batch_bounds():
@@ -11,6 +11,8 @@ def test_batch_bounds():
     assert batch_bounds(16, 8).tolist() == [0, 8, 16]
     assert batch_bounds(17, 8).tolist() == [0, 8, 16, 17]
     assert batch_bounds(2 * BATCH_SIZE + 1).tolist() == [0, BATCH_SIZE, 2 * BATCH_SIZE, 2 * BATCH_SIZE + 1]
+    many = batch_bounds(2393)                   # a bench tomogram: at most MAX_BATCHES batches of equal size
+    assert len(many) - 1 <= MAX_BATCHES and set(np.diff(many)[:-1]) == {75}
 
 
 @pytest.mark.parametrize("threads,buffers", [(1, 1), (2, 1), (2, 2), (2, 5), (4, 3)])

@@ -5,13 +5,15 @@ import sys
 import traceback
 
 from ..runtime.errors import RelionPyError
-from ..runtime.job_control import Terminated, finished_summary, sigterm_as_interrupt, write_exit_file
+from ..runtime.job_control import (AbortRequested, Terminated, finished_summary, sigterm_as_interrupt,
+                                   write_exit_file)
 
 
 def run_cli(prog, func, pipeline_control=""):
     """Run ``func()``; turn errors into one line on stderr and an exit status.
 
-    RelionPyError (bad input) → status 1. Ctrl-C → 130, SIGTERM → 143 (128 + signal), each with a line saying
+    RelionPyError (bad input) → status 1. Ctrl-C → 130, SIGTERM → 143 (128 + signal), RELION's
+    RELION_JOB_ABORT_NOW → 2 (RELION_EXIT_ABORTED), each with a line saying
     what was finished. Any other exception is a relion_py bug: one line too, with the traceback only when
     RELION_PY_DEBUG is set. With ``pipeline_control``, RELION's exit file of the outcome is written.
     """
@@ -32,6 +34,9 @@ def _run(prog, func):
     except RelionPyError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1, 1
+    except AbortRequested:
+        print(f"{prog}: stopped by RELION_JOB_ABORT_NOW; {finished_summary()}", file=sys.stderr)
+        return 2, 2                 # RELION_EXIT_ABORTED
     except KeyboardInterrupt as e:
         signal_name = "SIGTERM" if isinstance(e, Terminated) else "interrupt"
         print(f"{prog}: stopped by {signal_name}; {finished_summary()}", file=sys.stderr)

@@ -28,7 +28,7 @@ from ..io.mrc import read_mrc, write_mrc
 from ..kernels.tomography import map_finalisation as fin
 from ..kernels.tomography.extraction import weight_spectra
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
-from ..runtime.job_control import count_finished
+from ..runtime.job_control import check_abort, count_finished
 from ..runtime.log import info, warn
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import ProjectInputs, check_supported, option
@@ -225,6 +225,7 @@ def _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms,
     if opts.only_do_unfinished:
         start, previous = _resume(tmp_root, len(tomograms), total)
     for tt in range(start, len(tomograms)):
+        check_abort(opts.pipeline_control)
         tomo = tomograms.tomograms[tt]
         geom = geoms.get(tomo.name)
         if geom is None:
@@ -325,8 +326,10 @@ def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, ge
             backproject(k, acc)
 
     with Progress(f"Backprojecting {tomo.name}", len(selection)) as bar:
-        reduction.run(backproject_batch, len(batches) - 1, threads,
-                      done=lambda b: bar.advance(int(batches[b + 1] - batches[b])))
+        def added(b):
+            bar.advance(int(batches[b + 1] - batches[b]))
+            check_abort(opts.pipeline_control)
+        reduction.run(backproject_batch, len(batches) - 1, threads, done=added)
 
 
 class _Workspace:

@@ -6,6 +6,7 @@ particles.star (``initialise``, ``writeParticleSet``), then per tomogram the per
 """
 import ctypes
 import os
+import time
 from dataclasses import dataclass, fields
 
 import numba
@@ -20,14 +21,14 @@ from ..io.star import write_star
 from ..kernels.tomography.extraction import crop_circle, weight_spectra
 from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_slices_forward
 from ..kernels.tomography.volume_filters import cone_weight
-from ..runtime.job_control import count_finished
+from ..runtime.job_control import check_abort, count_finished
 from ..runtime.log import info, warn
 from ..io.atomic import remove_stale_temporaries
 from ..io.output_folder import check_writable_folder, refuse_overwriting_inputs, tidy_on_failure
 from ..runtime.cluster_options import ClusterOptions, wants_cluster
 from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
 from ..runtime.parallel import BackgroundWriter, PerThread, map_in_order
-from ..runtime.progress import Progress
+from ..runtime.progress import Progress, summary
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
@@ -209,6 +210,7 @@ class ExtractionRun:
     any cut and any order of batches write the same bytes."""
 
     def __init__(self, opts):
+        self.start_time = time.monotonic()
         self.opts = opts
         self.sizes = derive_sizes(opts)
         _reuse_freed_memory()
@@ -222,12 +224,13 @@ class ExtractionRun:
         except BaseException:
             self.tomograms.close()
             raise
-        self.kept = self.roots = self.aberrations = None
+        self.kept = self.roots = self.aberrations = self.dropped = None
+        self.n_skipped = 0          # particles whose files a --only_do_unfinished run found complete
 
     def select(self):
         """The visibility pass, the output file roots and the aberration tables."""
         opts, sizes, particles = self.opts, self.sizes, self.particles
-        self.kept = _select_particles(opts, sizes, self.tomograms, particles, self.trajectories)
+        self.kept, self.dropped = _select_particles(opts, sizes, self.tomograms, particles, self.trajectories)
         self.roots = _output_roots(self.out_dir, particles, self.kept)
         # QUIRK: aberrations are evaluated once, at binning × the pixel size of the first optics group
         self.aberrations = aberration_tables(particles.optics, sizes.box, opts.bin * particles.optics_pixel_size[0])
@@ -241,8 +244,11 @@ class ExtractionRun:
         """Extract kept particles start:stop of tomogram ``name`` on ``threads`` threads and write their files;
         returns the number of tilt images extracted."""
         numba.set_num_threads(threads)
-        return _extract_tomogram(self.opts, self.sizes, threads, self.tomograms.by_name[name], self.particles,
-                                 self.kept[name], slice(start, stop), self.roots, self.aberrations, sums)
+        n_images, n_skipped = _extract_tomogram(self.opts, self.sizes, threads, self.tomograms.by_name[name],
+                                                self.particles, self.kept[name], slice(start, stop), self.roots,
+                                                self.aberrations, sums)
+        self.n_skipped += n_skipped
+        return n_images
 
     def write_particle_set(self, n_removed):
         return _write_particle_set(self.opts, self.out_dir, self.sizes, self.files, self.tomograms, self.particles,
@@ -271,9 +277,14 @@ def _extract_all(run, command, run_batches):
     else:
         n_images = run_batches(run)
         files_out = run.write_particle_set(n_removed)
+    n_kept = sum(len(g.rows) for g in kept.values())
+    dropped = "".join(f", {n} dropped ({why})" for why, n in run.dropped.items() if n)
+    skipped = f", {run.n_skipped} skipped (finished earlier)" if run.n_skipped else ""
+    done = "written" if run_batches is None else "written or found complete (on the cluster)"
+    summary(f"{n_kept - run.n_skipped} particles {done} ({n_images} tilt images){skipped}{dropped}",
+            n_kept - run.n_skipped, "particles", run.start_time)
     return ExtractResult(particles_star=files_out[0], optimisation_set=files_out[1],
-                         n_particles=sum(len(g.rows) for g in kept.values()), n_removed=n_removed,
-                         n_tilt_images=n_images)
+                         n_particles=n_kept, n_removed=n_removed, n_tilt_images=n_images)
 
 
 def _write_note(out_dir, words):
@@ -283,7 +294,8 @@ def _write_note(out_dir, words):
 
 def _select_particles(opts, sizes, tomograms, particles, trajectories):
     """The visibility pass of ``writeParticleSet``: per tomogram, the geometry of the particles that are
-    visible in at least --min_frames frames (radius bin·crop/2, --max_dose)."""
+    visible in at least --min_frames frames (radius bin·crop/2, --max_dose); and the number dropped by each
+    rule."""
     radius = opts.bin * sizes.crop / 2.0
     kept, n_nowhere, n_few = {}, 0, 0
     for tomo in tomograms:
@@ -306,7 +318,7 @@ def _select_particles(opts, sizes, tomograms, particles, trajectories):
         limit = " with a pre-exposure up to --max_dose" if opts.max_dose > 0 else ""
         warn(f"{n_few} particle(s) were removed because they are visible in fewer than --min_frames "
              f"{opts.min_frames} images{limit}.")
-    return kept
+    return kept, {"too close to the edge in all images": n_nowhere, "visible in fewer than --min_frames images": n_few}
 
 
 def _output_roots(out_dir, particles, kept):
@@ -387,7 +399,7 @@ def _write_particle_set(opts, out_dir, sizes, files, tomograms, particles, traje
 
 def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, part, roots, aberrations, sums=None):
     """``processTomograms`` for the kept particles ``part`` (a slice) of one tomogram: returns the number of
-    tilt images extracted."""
+    tilt images extracted and the number of particles skipped as finished (``--only_do_unfinished``)."""
     suffix = "_stack2d.mrcs" if opts.stack2d else "_data.mrc"
     rows = geom.rows[part]
     outputs = output_suffixes(opts)
@@ -415,7 +427,7 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, part, roots, 
         raise e.naming(tomo) from None
     finally:
         writer.close()
-    return int(job.bounds[-1])
+    return int(job.bounds[-1]), len(rows) - len(selection)
 
 
 def _write_tomogram(opts, sizes, threads, job, selection, files, suffix, sums, writer, name):
@@ -432,6 +444,7 @@ def _write_tomogram(opts, sizes, threads, job, selection, files, suffix, sums, w
                     writer.submit(write_volume_outputs, opts, files[k], *result, sizes.crop, job.pixel_size)
             bar.advance(1)
             count_finished()
+            check_abort(opts.pipeline_control)
 
 
 class _TomogramJob:

@@ -8,6 +8,7 @@ already renamed to their final names are complete.
 Mirrors ``pipeline_control_relion_exit`` (src/pipeline_control.cpp): with ``--pipeline_control DIR`` the
 program touches ``DIR`` + ``RELION_JOB_EXIT_SUCCESS`` / ``_FAILURE`` / ``_ABORTED`` on leaving.
 """
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -17,6 +18,18 @@ EXIT_FILES = {0: "RELION_JOB_EXIT_SUCCESS", 1: "RELION_JOB_EXIT_FAILURE", 2: "RE
 
 class Terminated(KeyboardInterrupt):
     """The process received SIGTERM."""
+
+
+class AbortRequested(KeyboardInterrupt):
+    """RELION's GUI asked the job to stop: its "abort" button creates ``RELION_JOB_ABORT_NOW`` in the job
+    folder, which RELION's tomography programs look for before each tomogram (``pipeline_control_check_abort_job``)."""
+
+
+def check_abort(pipeline_control):
+    """Raise :class:`AbortRequested` if ``pipeline_control`` + ``RELION_JOB_ABORT_NOW`` exists (RELION joins
+    them as text, as for the exit files)."""
+    if pipeline_control and os.path.exists(pipeline_control + "RELION_JOB_ABORT_NOW"):
+        raise AbortRequested()
 
 
 def _raise_terminated(signum, frame):

@@ -6,8 +6,8 @@ Floating-point addition is not associative: a sum's last bits depend on how its 
 particles went into whichever private accumulator a thread happened to hold (RELION's outer threads), the
 grouping would follow thread timing and thread count. Here the data alone fix it:
 
-1. the particles of a tomogram, in STAR-file order, are cut into consecutive batches of
-   :data:`BATCH_SIZE` (the last one may be shorter) — :func:`batch_bounds`;
+1. the particles of a tomogram, in STAR-file order, are cut into consecutive batches whose size depends on
+   the particle count only (the last one may be shorter) — :func:`batch_bounds`;
 2. each batch is summed into its own zeroed accumulator, its particles in order;
 3. the batch sums are added to the running total in batch order (tomograms in tomograms.star order,
    batches in index order): total = ((0 + b₀) + b₁) + b₂ … — :class:`OrderedReduction`.
@@ -20,15 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-#: Particles per batch. Fixed (never derived from the thread count), since it decides the grouping of the
-#: sums. Large enough that zeroing a batch accumulator and adding it to the total (two passes over the
-#: grid) cost little next to the particles' own work, small enough to give every thread batches.
+#: Fewest particles per batch, and most batches per tomogram. The batch size is fixed by the particle count
+#: alone (never by the thread count), since it decides the grouping of the sums: small enough to give every
+#: thread batches, large enough that zeroing each batch accumulator and adding it to the total (passes over
+#: the whole grid, ~35 ms for a 128-px box and two half sets) stay a small part of the run — at most
+#: MAX_BATCHES of them per tomogram, whatever its particle count.
 BATCH_SIZE = 8
+MAX_BATCHES = 32
 
 
-def batch_bounds(n_items, batch_size=BATCH_SIZE):
+def batch_bounds(n_items, batch_size=None):
     """Start indices of the batches of ``n_items`` items, and ``n_items`` last: batch k is
-    ``bounds[k]:bounds[k + 1]``. (n_batches + 1,) int64."""
+    ``bounds[k]:bounds[k + 1]``. Batch size: ``batch_size``, or by default max(BATCH_SIZE,
+    ceil(n_items / MAX_BATCHES)). (n_batches + 1,) int64."""
+    if batch_size is None:
+        batch_size = max(BATCH_SIZE, -(-n_items // MAX_BATCHES))
     return np.append(np.arange(0, n_items, batch_size, dtype=np.int64), np.int64(n_items))
 
 
