@@ -171,7 +171,6 @@ def test_worker_killed_mid_run(project, monkeypatch):
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="needs OpenMPI's mpirun (.ci/run installs openmpi-bin)")
 def test_mpirun(project):
     """mpirun -n 4 relion-py-extract --mpi: rank 0 the scheduler, rank 1 the client, ranks 2 and 3 workers."""
-    pytest.importorskip("dask_mpi")
     argv = BASE + MODES["2d"] + ["--o", "out/"]
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     program = str(Path(sys.executable).parent / "relion-py-extract")

@@ -168,3 +168,23 @@ def test_mpi_ranks_above_zero_leave_the_work_to_rank_zero(shims, tmp_path):
     done = subprocess.run([str(shims / "relion_tomo_subtomo_mpi"), "--o", str(tmp_path / "x/"), "--b", "32"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "" and not (tmp_path / "x").exists()
+
+
+def test_mpi_name_under_mpirun_runs_on_dask_mpi(shims, tmp_path):
+    """What the GUI runs with "Number of MPI procs" 4: mpirun -n 4 relion_tomo_subtomo_mpi … → relion-py-extract
+    --mpi on dask-mpi (rank 0 scheduler, rank 1 client, ranks 2-3 workers); RELION's files."""
+    case = "a_subtomo_stack2d"
+    project = mirror_fixtures(tmp_path / "project", case)
+    command = ("mpirun -n 4 --oversubscribe `which relion_tomo_subtomo_mpi` --t synthetic/tomograms.star --p "
+               "synthetic/particles.star --theme classic --o Extract/job014/ --b 64 --crop 48 --bin 1 --min_frames 1 "
+               "--stack2d  --j 1  --pipeline_control Extract/job014/")
+    os.environ.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    try:
+        status, job = run_job(command, project, shims)
+    finally:
+        del os.environ["OMPI_ALLOW_RUN_AS_ROOT"], os.environ["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"]
+    assert status == 0, (job / "run.err").read_text()[-2000:]
+    assert "4 MPI ranks → relion-py-extract --mpi" in (job / "run.out").read_text()
+    assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
+    ok, report = compare_with_relion(FIXTURES / case, job, ["--path-prefix-map", f"{case}/=Extract/job014/"])
+    assert ok, report[-3000:]

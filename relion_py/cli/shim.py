@@ -85,6 +85,12 @@ def mpi_rank_and_size():
     return (first(_MPI_RANK) or 0) if size > 1 else 0, size
 
 
+def _has_dask_mpi():
+    """Whether relion_py's [mpi] extra (dask-mpi, mpi4py) is installed."""
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("dask_mpi", "mpi4py"))
+
+
 def say(message):
     """A line for RELION's run.out (the GUI shows the program's stdout there)."""
     print(f"relion_py: {message}", flush=True)
@@ -102,10 +108,17 @@ def run(name, argv):
         say(f"{' '.join(cannot)} not supported by relion_py, and no RELION {name} further down PATH")
     rank, size = mpi_rank_and_size()
     if name.endswith("_mpi"):
-        if rank > 0:
-            return 0            # one process does the work (see below); the other ranks have nothing to do
-        ranks = f"launched with {size} MPI ranks" if size > 1 else "launched without mpirun"
-        say(f"{name}: {ranks}; relion_py runs it in one process with --j threads")
+        if size > 1 and module == "extract" and _has_dask_mpi():
+            # dask-mpi: rank 0 the scheduler, rank 1 the client that writes the STAR files, the others workers
+            if rank == 0:
+                say(f"{name}: {size} MPI ranks → relion-py-extract --mpi (Dask: 1 scheduler, 1 client, "
+                    f"{size - 2} workers)")
+            argv = argv + ["--mpi"]
+        else:
+            if rank > 0:
+                return 0        # one process does the work (see below); the other ranks have nothing to do
+            ranks = f"launched with {size} MPI ranks" if size > 1 else "launched without mpirun"
+            say(f"{name}: {ranks}; relion_py runs it in one process with --j threads")
     say(f"{name} → {command} (relion_py)")
     if module == "extract":
         from .extract import main
