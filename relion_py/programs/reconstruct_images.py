@@ -6,7 +6,7 @@ Mirrors ``Reconstructor`` (src/reconstructor.cpp: ``read``, ``initialise``, ``ba
 This module holds the options and the run; the particle file is read by
 :mod:`relion_py.project.observation_model`, the images by :mod:`relion_py.io.particle_images`, and the
 insertion and reconstruction are driven by :mod:`relion_py.kernels.classic.reconstruct_grid`.
-Spec: reconstruction.md, part B.
+How it works: docs/reconstruction.md, part B.
 
 Inputs it reads: RELION 3.1+ particle STAR files (optics + particles tables, ``N@stack.mrcs`` 2-D images,
 per-image CTF and rlnOriginX/YAngst), RELION 5 pseudo-subtomograms (``relion_tomo_subtomo`` 3-D output,

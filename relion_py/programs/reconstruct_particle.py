@@ -4,7 +4,7 @@ Mirrors ``ReconstructParticleProgram`` (src/jaz/tomography/programs/reconstruct_
 ``readBasicParameters``, ``run``, ``processTomograms`` (per tomogram: dose weights and their x ranges,
 noise weights, per particle the re-extraction of every visible tilt, CTF × dose premultiplication,
 backward Fourier insertion into private accumulators, per-tomogram checkpoints), ``finalise``,
-``symmetrise``, ``reconstruct`` and ``writeOutput``. Spec: reconstruction.md, part A.
+``symmetrise``, ``reconstruct`` and ``writeOutput``. How it works: docs/reconstruction.md, part A.
 
 Numerics: the 2-D images are processed in float32 as in RELION (``relion_py.tomography.particle_tilts``,
 ``relion_py.kernels.tomography.extraction``), accumulated in float64 (``relion_py.kernels.tomography.insertion_backward``),

@@ -2,7 +2,7 @@
 
 Mirrors ``SubtomoProgram`` (src/jaz/tomography/programs/subtomo.cpp): options, the visibility pass and
 particles.star (``initialise``, ``writeParticleSet``), then per tomogram the per-particle extraction
-(``processTomograms``). Spec: extraction.md.
+(``processTomograms``). How it works: docs/extraction.md.
 """
 import ctypes
 import os

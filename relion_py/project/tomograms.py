@@ -58,7 +58,7 @@ class Tomogram:
 
     @property
     def centre(self):
-        """Float centre (w0/2.0, ...), the origin of centred coordinates and depth (§3.2; QUIRK: the
+        """Float centre (w0/2.0, ...), the origin of centred coordinates and depth (QUIRK, docs/relion_quirks.md #2: the
         projection matrices use the integer-divided centre)."""
         return np.array(self.size, dtype=np.float64) / 2.0
 

@@ -5,8 +5,8 @@ import numpy as np
 def inverse_3x3(a):
     """Inverse of a 3x3 matrix by cofactors, RELION's ``Matrix2D::inv`` for 3x3 (src/matrix2d.h).
 
-    The evaluation order decides, for pixels exactly on the insertion radius, whether they are inserted
-    (spec §B.4), so it is reproduced literally. a: (3, 3) float64. Returns (3, 3) float64.
+    ``backproject2Dto3D`` inverts A with it; the evaluation order decides, for pixels exactly on the insertion
+    radius, whether they are inserted, so it is reproduced literally. a: (3, 3) float64. Returns (3, 3) float64.
     """
     a = np.asarray(a, dtype=np.float64)
     c = np.empty((3, 3))

@@ -4,7 +4,7 @@ the Fourier backprojection of relion_tomo_reconstruct_particle.
 Mirrors ``FourierBackprojection::backprojectSlice_backward(maxFreq, ...)``
 (src/jaz/tomography/projection/Fourier_backprojection.h) with the 2-D interpolators
 ``Interpolation::linearXY_complex_FftwHalf_clip`` / ``linearXY_symmetric_FftwHalf_clip``
-(src/jaz/image/interpolation.h). Spec: reconstruction.md §A.9.
+(src/jaz/image/interpolation.h). See docs/reconstruction.md, part A.
 
 Every 3-D voxel k = (x, y, z) of the half grid (x ≥ 0, signed y, z with the Nyquist index negative)
 with |k|² ≤ R² pulls one bilinear sample of the 2-D slice at (u, v, w) = Q·k, Q = (M⁻¹)ᵀ, if

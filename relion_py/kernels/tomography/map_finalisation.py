@@ -6,7 +6,7 @@ Mirrors ``Symmetry::symmetrise_FS_complex`` / ``symmetrise_FS_real`` (src/jaz/im
 ``Interpolation::linearXYZ_FftwHalf_complex`` / ``_real`` (src/jaz/image/interpolation.h),
 ``Reconstruction::griddingCorrect3D_sinc2``, ``ctfCorrect3D_Wiener``, ``ctfCorrect3D_heuristic`` and
 ``taper`` (src/jaz/tomography/reconstruction.h) with ``RadialAvg::fftwHalf_3D_lin``
-(src/jaz/image/radial_avg.h), and ``Padding::unpadCenter3D_full``. Spec: reconstruction.md §A.11.
+(src/jaz/image/radial_avg.h), and ``Padding::unpadCenter3D_full``. See docs/reconstruction.md, part A.
 Only the symmetrisation is a Numba kernel; the rest is whole-array numpy.
 
 Volumes are numpy [z, y, x]; half-grid volumes (s, s, s//2+1) with signed y, z (Nyquist negative).
