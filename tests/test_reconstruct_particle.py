@@ -107,7 +107,7 @@ def test_python_api_and_thread_layouts_agree(tmp_path):
     (["--sym", "X7"], "unknown symmetry group"),
     (["--crop", "40"], "--crop (40) must not exceed --b"),
     (["--b", "27"], "--b must be a positive even number"),
-    (["--crop", "19"], "--crop must be even"),
+    (["--crop", "19"], "--crop must be a positive even number"),
     (["--b", "26", "--bin", "1.5"], "odd extraction square"),
     (["--nr_helical_asu", "0"], "--nr_helical_asu must be at least 1"),
     (["--whiten", "--no_ctf"], "--whiten with --no_ctf is not supported"),

@@ -40,6 +40,7 @@ from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..tomography.symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
 from ..tomography.particle_tilts import NonFinitePixels, extract_spectra, particle_geometry, particle_tilt_items
+from ..tomography.box_sizes import box_sizes
 from ..tomography.tilt_weighting import tilt_weighting
 
 REC = "Reconstruction options"
@@ -105,24 +106,7 @@ def command_line(opts, prog="relion-py-reconstruct"):
 def _validate(opts):
     """Refuse bad options before anything is read or written."""
     check_supported(opts)
-    s = opts.b
-    if s is None or s <= 0 or s % 2:
-        raise RelionPyError(f"--b must be a positive even number (got {s}); RELION's Fourier-space centring "
-                            "assumes even boxes")
-    if opts.crop > 0:
-        if opts.crop > s:
-            raise RelionPyError(f"--crop ({opts.crop}) must not exceed --b ({s})")
-        if opts.crop % 2:
-            raise RelionPyError(f"--crop must be even (got {opts.crop}); RELION would write a "
-                                f"{opts.crop + 1}-px map")
-    if not opts.bin > 0:
-        raise RelionPyError(f"--bin must be positive (got {opts.bin})")
-    square = int(opts.bin * s + 0.5)
-    if square % 2:
-        raise RelionPyError(f"--bin {opts.bin} x --b {s} gives an odd extraction square of {square} px; "
-                            "choose sizes whose unbinned square is even")
-    if opts.bin != 1.0 and int(square / opts.bin + 0.5) != s:
-        raise RelionPyError(f"--bin {opts.bin} cannot Fourier-crop a {square}-px square to --b {s}")
+    square = box_sizes(opts.b, opts.crop if opts.crop > 0 else None, opts.bin).square
     for name in ("j", "j_in", "j_out"):
         if getattr(opts, name) < 1:
             raise RelionPyError(f"--{name} must be at least 1")

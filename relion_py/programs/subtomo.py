@@ -35,6 +35,7 @@ from ..project.tomograms import TomogramSet
 from ..tomography.subtomo_files import Sums, output_suffixes, write_volume_outputs
 from ..tomography.particle_tilts import (NonFinitePixels, extract_spectra, extract_stack2d, particle_geometry,
                                          particle_tilt_items)
+from ..tomography.box_sizes import box_sizes
 from ..tomography.tilt_weighting import tilt_weighting
 
 IO = INPUT_GROUP
@@ -99,33 +100,9 @@ class ExtractOptions(ClusterOptions, ProjectInputs):
 OUTPUT_FILES = ("note.txt", "particles.star", "optimisation_set.star", "motion.star")
 
 
-@dataclass
-class Sizes:
-    """Derived box sizes (``SubtomoProgram::run``)."""
-
-    box: int        # s2D
-    crop: int       # s3D
-    square: int     # s02D, the unbinned extraction square
-    boundary: int   # (box - crop) / 2
-
-
 def derive_sizes(opts):
-    """Check the box options and derive the sizes; odd sizes are refused (RELION silently mis-shifts)."""
-    box, crop, binning = opts.b, (opts.b if opts.crop == -1 else opts.crop), opts.bin
-    if binning <= 0:
-        raise RelionPyError(f"--bin must be positive (got {binning})")
-    if box is None or box <= 0 or box % 2:
-        raise RelionPyError(f"--b must be a positive even number (got {box})")
-    if crop <= 0 or crop % 2:
-        raise RelionPyError(f"--crop must be a positive even number (got {crop})")
-    if crop > box:
-        raise RelionPyError(f"--crop ({crop}) must not exceed --b ({box})")
-    square = int(binning * box + 0.5)
-    if square % 2:
-        raise RelionPyError(f"--bin {binning} x --b {box} gives an odd extraction square of {square} px; "
-                            "choose sizes whose unbinned square is even")
-    if binning != 1.0 and int(square / binning + 0.5) != box:
-        raise RelionPyError(f"--bin {binning} cannot Fourier-crop a {square}-px square to --b {box}")
+    """Check the options of extraction and derive the box sizes (:func:`box_sizes`)."""
+    sizes = box_sizes(opts.b, None if opts.crop == -1 else opts.crop, opts.bin)
     if not 0.0 <= opts.cutoff_fract < 1.0:
         raise RelionPyError(f"--cutoff_fract must be in [0, 1) (got {opts.cutoff_fract})")
     for name in ("taper", "cone_angle", "cone_sig0"):
@@ -135,7 +112,7 @@ def derive_sizes(opts):
         raise RelionPyError("--min_frames must not be negative")
     if opts.j < 1:
         raise RelionPyError("--j must be at least 1")
-    return Sizes(box=box, crop=crop, square=square, boundary=(box - crop) // 2)
+    return sizes
 
 
 @dataclass
