@@ -164,8 +164,9 @@ def test_mpi_name_without_mpirun_runs_single_process(shims, tmp_path):
 
 
 def test_mpi_ranks_above_zero_leave_the_work_to_rank_zero(shims, tmp_path):
+    """A program without a multi-rank mode (reconstruction) under mpirun: ranks above 0 exit at once."""
     env = {**os.environ, "OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "2"}
-    done = subprocess.run([str(shims / "relion_tomo_subtomo_mpi"), "--o", str(tmp_path / "x/"), "--b", "32"],
+    done = subprocess.run([str(shims / "relion_tomo_reconstruct_particle_mpi"), "--o", str(tmp_path / "x/"), "--b", "32"],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "" and not (tmp_path / "x").exists()
 
