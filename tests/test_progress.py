@@ -49,3 +49,25 @@ def test_reconstruction_run_ends_with_a_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert " ■ Backprojecting TS_01: 20 particles in " in out
     assert " ■ 20 particles backprojected (" in out and "0 not visible in any tilt image; 9 maps written" in out
+
+
+def test_runs_end_with_a_summary(tmp_path, capsys):
+    """Extraction says what it wrote, skipped and dropped (and by which rule); image-mode reconstruction
+    what it backprojected; both with seconds and throughput."""
+    from relion_py.cli.extract import main as extract_main
+    project = mirror_fixtures(tmp_path / "project", "none")
+    args = ["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star", "--o", "out/", "--stack2d",
+            "--b", "32", "--crop", "24", "--min_frames", "21", "--max_dose", "60"]
+    with working_directory(project):
+        assert extract_main(args) == 0
+        first = capsys.readouterr().out
+        assert extract_main(args + ["--only_do_unfinished"]) == 0
+        again = capsys.readouterr().out
+        assert reconstruct_main(["--i", "synthetic/spa2d/particles.star", "--o", "rec.mrc", "--ctf"]) == 0
+        image_mode = capsys.readouterr().out
+    summary = [line for line in first.splitlines() if "particles written" in line]
+    assert len(summary) == 1 and "dropped (visible in fewer than --min_frames images)" in summary[0]
+    assert summary[0].endswith(" particles/s)")
+    kept = int(summary[0].split()[1])
+    assert " 0 particles written" in again and f"{kept} skipped (finished earlier)" in again
+    assert "240 of 240 particles backprojected" in image_mode

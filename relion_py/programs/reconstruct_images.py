@@ -15,6 +15,7 @@ Warp 3-D exports without one, converted as RELION's ``StarConverter`` does).
 """
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import numba
@@ -30,6 +31,7 @@ from ..runtime.errors import RelionPyError
 from ..runtime.log import info
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import check_supported, option
+from ..runtime.progress import summary
 from ..tomography.symmetry import helical_rotations, point_group_operators
 
 GEN = "General options"
@@ -187,6 +189,7 @@ def _check_options(opts):
 def reconstruct_images(opts):
     """Run relion_reconstruct with ``opts`` (a :class:`ReconstructImagesOptions`); writes ``opts.o`` and
     returns a :class:`ReconstructResult`."""
+    start = time.monotonic()
     _check_options(opts)
     threads = max(1, int(opts.j))
     reader = ImageReader(opts.img)
@@ -211,5 +214,8 @@ def reconstruct_images(opts):
     write_mrc(opts.o, vol, angpix)
     if opts.verb > 0:
         info(f"Done! Written output map in: {opts.o}")
+        summary(f"{len(parts.names)} of {n_all} particles backprojected ({n_all - len(parts.names)} left out by "
+                f"--subset/--class), {data_dim}-D data, box {n_box}; {opts.o} written", len(parts.names),
+                "particles", start)
     return ReconstructResult(output=opts.o, n_particles=len(parts.names), box=n_box, pixel_size=angpix,
                              volume=vol)
