@@ -1,7 +1,7 @@
 """Independent plain-numpy reference of RELION 5's ``relion_tomo_subtomo --stack2d``.
 
-Written only from /work/shared/spec/extraction.md (§0-§9.3, §7, §9.6, §11, §14), *not* from relion_py's
-implementation: it only borrows relion_py's STAR/MRC readers.  Everything is done per particle and per
+Written only from the algorithm description (RELION's SubtomoProgram and extraction.h, as docs/extraction.md
+summarises them), *not* from relion_py's implementation: it only borrows relion_py's STAR/MRC readers.  Everything is done per particle and per
 frame, in double precision, in the order the spec describes; clarity over speed.
 
 Main entry point: ``reference_stack2d(project_dir, tomograms_star, particles_star, box, crop, ...)``

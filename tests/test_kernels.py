@@ -16,7 +16,7 @@ rng = np.random.default_rng(7)
 
 
 def spec_ctf(fx, fy, kv, cs, q0, du, dv, phi_deg, bfac, scale, phase_deg):
-    """extraction.md §6, the bracketed form of γ."""
+    """CTF::getCTF's γ (src/ctf.h), in its bracketed form."""
     v = kv * 1e3
     lam = 12.2643247 / math.sqrt(v * (1 + v * 0.978466e-6))
     phi = math.radians(phi_deg)
@@ -106,7 +106,8 @@ def test_crop_circle_matches_spec():
 
 
 def reference_weighting(square, binning, box, shift, ctf_args, dose_w, sign):
-    """One item through extraction.md §8.3–§9.2 in plain numpy (complex128)."""
+    """One item through extractAt2D_Fourier and the CTF × dose weighting of processTomograms (docs/extraction.md
+    §3) in plain numpy (complex128)."""
     s0 = square.shape[0]
     f = np.fft.rfft2(np.fft.ifftshift(square), norm="ortho")
     if binning != 1:
