@@ -7,7 +7,8 @@ Mirrors ``Symmetry::symmetrise_FS_complex`` / ``symmetrise_FS_real`` (src/jaz/im
 ``Reconstruction::griddingCorrect3D_sinc2``, ``ctfCorrect3D_Wiener``, ``ctfCorrect3D_heuristic`` and
 ``taper`` (src/jaz/tomography/reconstruction.h) with ``RadialAvg::fftwHalf_3D_lin``
 (src/jaz/image/radial_avg.h), and ``Padding::unpadCenter3D_full``. See docs/reconstruction.md, part A.
-Only the symmetrisation is a Numba kernel; the rest is whole-array numpy.
+The symmetrisation is a Numba kernel; the CTF division and the taper are extraction's own kernels
+(``volume_filters``) run in double; the rest is whole-array numpy.
 
 Volumes are numpy [z, y, x]; half-grid volumes (s, s, s//2+1) with signed y, z (Nyquist negative).
 jaz's ``FFT::Both`` normalisation: forward = rfftn / s^1.5, inverse = irfftn · s^1.5.
@@ -19,6 +20,8 @@ import numpy as np
 import scipy.fft
 
 from .._jit import njit
+from .volume_filters import divide_heuristic, divide_wiener
+from .volume_filters import taper as volume_taper
 
 
 @njit(parallel=True)
@@ -111,18 +114,6 @@ def symmetrise(data, weight, operators):
     return out_d, out_w
 
 
-def _signed(n):
-    i = np.arange(n)
-    return np.where(i < n // 2, i, i - n).astype(np.float64)
-
-
-def half_radius(s):
-    """|k| of every voxel of an s³ half grid (jaz signed indices), (s, s, s//2+1) float64."""
-    q = _signed(s)
-    x = np.arange(s // 2 + 1, dtype=np.float64)
-    return np.sqrt(x[None, None, :] ** 2 + q[None, :, None] ** 2 + q[:, None, None] ** 2)
-
-
 def gridding_correct(data, threads=1):
     """``griddingCorrect3D_sinc2`` (centred): real-space volume d = s^1.5·irfftn(D·(-1)^(x+y+z)) divided
     by sinc²(|r - s/2| / s) (floored at 0.01). data: (s, s, s//2+1) complex128 (not modified).
@@ -144,46 +135,18 @@ def gridding_correct(data, threads=1):
     return vol / div
 
 
-def radial_average_half(weight):
-    """``RadialAvg::fftwHalf_3D_lin`` of a half-grid volume: linear binning into s//2+1 bins (r0 = trunc(r)
-    gets 1-(r-r0), r0+1 gets r-r0, only bins < s//2+1), empty bins 0. Returns (s//2+1,) float64."""
-    wh = weight.shape[2]
-    r = half_radius(weight.shape[0])
-    r0 = r.astype(np.int64)
-    f = r - r0
-    total = np.zeros(wh + 2)
-    wsum = np.zeros(wh + 2)
-    vals = weight.ravel()
-    r0f, ff = r0.ravel(), f.ravel()
-    total += np.bincount(np.minimum(r0f, wh + 1), weights=(1.0 - ff) * vals, minlength=wh + 2)
-    wsum += np.bincount(np.minimum(r0f, wh + 1), weights=1.0 - ff, minlength=wh + 2)
-    total += np.bincount(np.minimum(r0f + 1, wh + 1), weights=ff * vals, minlength=wh + 2)
-    wsum += np.bincount(np.minimum(r0f + 1, wh + 1), weights=ff, minlength=wh + 2)
-    total, wsum = total[:wh], wsum[:wh]
-    return np.divide(total, wsum, out=np.zeros(wh), where=wsum > 0)
-
-
 def ctf_divide(vol, weight, snr, threads=1):
-    """``ctfCorrect3D_Wiener`` (snr > 0: E / (W + 1/snr)) or ``ctfCorrect3D_heuristic`` (E / max(W, 0.001 ·
-    radial average of W at |k|), E = 0 for |k| ≥ s/2, unchanged where that is ≤ 0) in Fourier space.
-    vol: (s, s, s) float64 real-space data; weight: (s, s, s//2+1) float64. Returns (s, s, s) float64."""
+    """``ctfCorrect3D_Wiener`` (snr > 0) or ``ctfCorrect3D_heuristic`` in Fourier space, in double, with the
+    same kernels as extraction's --div (``volume_filters``). vol: (s, s, s) float64 real-space data; weight:
+    (s, s, s//2+1) float64. Returns (s, s, s) float64."""
     s = vol.shape[0]
     norm = math.sqrt(float(s ** 3))
     spec = scipy.fft.rfftn(vol, workers=threads) / norm
+    weight = np.ascontiguousarray(weight, np.float64)
     if snr > 0:
-        spec /= weight + 1.0 / snr
+        divide_wiener(spec, weight, 1.0 / snr)
     else:
-        avg = radial_average_half(weight)
-        wh = weight.shape[2]
-        r = half_radius(s)
-        r0 = r.astype(np.int64)
-        inside = r0 + 1 < wh
-        f = r - r0
-        lo = np.minimum(r0, wh - 1)
-        hi = np.minimum(r0 + 1, wh - 1)
-        threshold = (f * avg[hi] + (1.0 - f) * avg[lo]) * 0.001
-        wg = np.maximum(weight, threshold)
-        spec = np.where(inside, np.where(wg > 0, spec / np.where(wg > 0, wg, 1.0), spec), 0.0)
+        divide_heuristic(spec, weight, 0.001)
     return scipy.fft.irfftn(spec, s=(s, s, s), workers=threads) * (s ** 3 / norm)
 
 
@@ -195,17 +158,5 @@ def crop_centre(vol, crop):
 
 
 def taper(vol, dist, subtract_mean=True):
-    """``Reconstruction::taper``: cosine edge of ``dist`` px inside the sphere of radius n/2 about voxel
-    (n/2, n/2, n/2), after subtracting the edge-weighted mean inside it; 0 outside. Returns a new array."""
-    n = vol.shape[0]
-    m = n / 2.0
-    c = np.arange(n, dtype=np.float64) - m
-    r = np.sqrt(c[None, None, :] ** 2 + c[:, None, None] ** 2 + c[None, :, None] ** 2)
-    inside = r < m
-    with np.errstate(invalid="ignore", divide="ignore"):
-        edge = np.where(r < m - dist, 1.0, 0.5 - 0.5 * np.cos(math.pi * (m - r) / dist))
-    edge = np.where(inside, edge, 0.0)
-    mean = 0.0
-    if subtract_mean:
-        mean = float(np.sum(edge * vol) / np.sum(edge))
-    return np.where(inside, edge * (vol - mean), 0.0)
+    """``Reconstruction::taper`` on a copy of ``vol`` (float64): :func:`volume_filters.taper`."""
+    return volume_taper(np.array(vol, np.float64), dist, subtract_mean)

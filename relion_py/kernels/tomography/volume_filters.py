@@ -59,7 +59,7 @@ def cone_weight(spectra, ctf_mult, rotations, cone_angle, cone_sig0):
 @njit
 def _radial_average_half_3d(img):
     d, h, wh = img.shape
-    avg = np.zeros(wh, np.float32)
+    avg = np.zeros(wh, img.dtype)       # accumulated in the volume's precision (RELION's RadialAvg<T>)
     wgh = np.zeros(wh, np.float64)
     for z in range(d):
         zz = float(z - d) if z >= d // 2 else float(z)
@@ -74,28 +74,31 @@ def _radial_average_half_3d(img):
                 w1 = r - r0
                 w0 = 1.0 - w1
                 if r0 < wh:
-                    avg[r0] = np.float32(np.float64(avg[r0]) + w0 * val)
+                    avg[r0] = np.float64(avg[r0]) + w0 * val      # rounded to T by the store
                     wgh[r0] += w0
                 if r1 < wh:
-                    avg[r1] = np.float32(np.float64(avg[r1]) + w1 * val)
+                    avg[r1] = np.float64(avg[r1]) + w1 * val
                     wgh[r1] += w1
     for i in range(wh):
         if wgh[i] > 0.0:
-            avg[i] = np.float32(np.float64(avg[i]) / wgh[i])
+            avg[i] = np.float64(avg[i]) / wgh[i]
     return avg
 
 
 def radial_average_half_3d(img):
     """Radial average of a half-grid volume with linear binning (``RadialAvg::fftwHalf_3D_lin``): each
-    voxel adds (1-f)·v to bin floor(r) and f·v to bin floor(r)+1 (bins 0..wh-1), float accumulation,
-    divided by the summed (double) weights. img: (s, s, s//2+1) float32 → (s//2+1,) float32."""
-    return _radial_average_half_3d(np.ascontiguousarray(img, np.float32))
+    voxel adds (1-f)·v to bin floor(r) and f·v to bin floor(r)+1 (bins 0..wh-1), accumulated in the volume's
+    precision, divided by the summed (double) weights. img: (s, s, s//2+1) float32 or float64 → (s//2+1,)
+    of the same dtype."""
+    img = np.asarray(img)
+    return _radial_average_half_3d(np.ascontiguousarray(img, np.float64 if img.dtype == np.float64 else np.float32))
 
 
 @njit
 def _divide_heuristic(spectrum, ctf, avg, fraction):
     d, h, wh = spectrum.shape
     s = avg.shape[0]
+    rounded = np.empty(1, ctf.dtype)        # rounds a double to the weights' precision T, as RELION's T locals do
     for z in range(d):
         zz = float(z - d) if z >= d // 2 else float(z)
         for y in range(h):
@@ -106,11 +109,12 @@ def _divide_heuristic(spectrum, ctf, avg, fraction):
                 r0 = int(r)
                 r1 = r0 + 1
                 if r1 >= s:
-                    spectrum[z, y, x] = np.complex64(0.0)
+                    spectrum[z, y, x] = 0.0
                     continue
                 f = r - r0
-                avg_weight = np.float32(f * np.float64(avg[r1]) + (1.0 - f) * np.float64(avg[r0]))
-                threshold = np.float32(np.float64(avg_weight) * fraction)
+                rounded[0] = f * np.float64(avg[r1]) + (1.0 - f) * np.float64(avg[r0])
+                rounded[0] = np.float64(rounded[0]) * fraction
+                threshold = rounded[0]
                 wg = ctf[z, y, x]
                 if wg < threshold:
                     wg = threshold
@@ -120,36 +124,41 @@ def _divide_heuristic(spectrum, ctf, avg, fraction):
 
 @njit(inline="always")
 def _complex_divide(v, wg):
-    """tComplex<float> /= tComplex<float>(wg): ((re·wg + im·0) / (wg·wg), (im·wg - re·0) / (wg·wg))."""
+    """tComplex<T> /= tComplex<T>(wg): ((re·wg + im·0) / (wg·wg), (im·wg - re·0) / (wg·wg)), in T."""
     cd = wg * wg
-    zero = np.float32(0.0)
+    zero = wg - wg
     re = v.real * wg + v.imag * zero
     im = v.imag * wg - v.real * zero
-    return np.complex64(complex(re / cd, im / cd))
+    return complex(re / cd, im / cd)
 
 
 def divide_heuristic(spectrum, ctf, fraction=0.001):
     """``Reconstruction::ctfCorrect3D_heuristic``'s division, in place: each voxel is divided by
     max(C, fraction · radial-average of C interpolated at |k|); voxels whose radius reaches the last bin
-    are zeroed. spectrum: (s, s, s//2+1) complex64 (rfftn ortho of the data); ctf: same shape float32."""
+    are zeroed. spectrum: (s, s, s//2+1) complex64 (extraction's --div, float) or complex128
+    (relion_tomo_reconstruct_particle, double); ctf: same shape, float32 or float64 to match."""
     avg = radial_average_half_3d(ctf)
-    _divide_heuristic(spectrum, np.ascontiguousarray(ctf, np.float32), avg, float(fraction))
+    _divide_heuristic(spectrum, np.ascontiguousarray(ctf, avg.dtype), avg, float(fraction))
     return spectrum
 
 
 @njit
 def _divide_wiener(spectrum, ctf, offset):
     d, h, wh = spectrum.shape
+    rounded = np.empty(1, ctf.dtype)
     for z in range(d):
         for y in range(h):
             for x in range(wh):
-                wg = np.float32(np.float64(ctf[z, y, x]) + offset)
-                spectrum[z, y, x] = _complex_divide(spectrum[z, y, x], wg)
+                rounded[0] = np.float64(ctf[z, y, x]) + offset
+                spectrum[z, y, x] = _complex_divide(spectrum[z, y, x], rounded[0])
 
 
 def divide_wiener(spectrum, ctf, offset):
-    """``Reconstruction::ctfCorrect3D_Wiener``'s division, in place: by float(C + offset)."""
-    _divide_wiener(spectrum, np.ascontiguousarray(ctf, np.float32), float(offset))
+    """``Reconstruction::ctfCorrect3D_Wiener``'s division, in place: by T(C + offset). spectrum complex64 or
+    complex128; ctf float32 or float64 (T)."""
+    ctf = np.asarray(ctf)
+    _divide_wiener(spectrum, np.ascontiguousarray(ctf, np.float64 if ctf.dtype == np.float64 else np.float32),
+                   float(offset))
     return spectrum
 
 
@@ -177,7 +186,7 @@ def _taper(img, dist, do_center):
                 r = math.sqrt(dx * dx + dy * dy + dz * dz)
                 if r < m:
                     c = 1.0 if r < m - dist else 0.5 - 0.5 * math.cos(math.pi * (m - r) / dist)
-                    img[z, y, x] = np.float32(c * (img[z, y, x] - inner_avg))
+                    img[z, y, x] = c * (img[z, y, x] - inner_avg)      # rounded to the volume's dtype
                 else:
                     img[z, y, x] = 0.0
 
@@ -185,6 +194,6 @@ def _taper(img, dist, do_center):
 def taper(img, dist, do_center=True):
     """``Reconstruction::taper``, in place: a cosine edge of ``dist`` px against the sphere of radius s/2
     around voxel (s/2, s/2, s/2) after subtracting the edge-weighted mean inside it (``do_center``);
-    zero outside. img: (s, s, s) float32."""
+    zero outside. img: (s, s, s) float32 or float64."""
     _taper(img, float(dist), bool(do_center))
     return img
