@@ -15,7 +15,7 @@ from relion_py.kernels.tomography import insertion_backward
 from relion_py.kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
 from relion_py.kernels.tomography.map_finalisation import symmetrise
 from relion_py.programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
-from relion_py.tomography.symmetry import tomo_symmetry_matrices
+from relion_py.tomography.helical_symmetry import tomo_symmetry_matrices
 
 CASES = [
     "f1_reconstruct_particle_c1",

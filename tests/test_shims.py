@@ -3,7 +3,6 @@ command lines (src/pipeline_jobs.cpp: getCommandsTomoSubtomoJob, getCommandsTomo
 prepareFinalCommand, which appends --pipeline_control to every relion_ command)."""
 import os
 import subprocess
-import sys
 
 import pytest
 

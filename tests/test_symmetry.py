@@ -8,15 +8,13 @@ import pytest
 
 
 from relion_py.runtime.errors import RelionPyError
-from relion_py.tomography.symmetry import (
+from relion_py.tomography.helical_symmetry import (
     helical_hh,
     helical_rotations,
     helical_symmetry_matrices,
-    is_c1,
-    point_group_operators,
-    point_group_order,
     tomo_symmetry_matrices,
 )
+from relion_py.tomography.symmetry import is_c1, point_group_operators, point_group_order
 
 # name -> (group order, all operators proper rotations?)
 ORDERS = {

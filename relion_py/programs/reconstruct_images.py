@@ -32,7 +32,8 @@ from ..runtime.log import info
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import check_supported, option
 from ..runtime.progress import summary
-from ..tomography.symmetry import helical_rotations, point_group_operators
+from ..tomography.helical_symmetry import helical_rotations
+from ..tomography.symmetry import point_group_operators
 
 GEN = "General options"
 CTF = "CTF options"

@@ -38,7 +38,8 @@ from ..runtime.progress import Progress, summary
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
-from ..tomography.symmetry import is_c1, point_group_operators, tomo_symmetry_matrices
+from ..tomography.helical_symmetry import tomo_symmetry_matrices
+from ..tomography.symmetry import is_c1, point_group_operators
 from ..tomography.particle_tilts import NonFinitePixels, extract_spectra, particle_geometry, particle_tilt_items
 from ..tomography.box_sizes import box_sizes
 from ..tomography.tilt_weighting import tilt_weighting

@@ -159,7 +159,7 @@ def apply_helical_symmetry(data, weight, hh, rotations, rise_px, rmax2, ori_size
     """Sum the grid over the helical asymmetric units, in place.
 
     Mirrors ``BackProjector::applyHelicalSymmetry``: for each unit index hh (identity excluded) and its
-    rotation ``Rz(hh · (-twist))`` (both from ``tomography.symmetry.helical_rotations``), interpolate as in
+    rotation ``Rz(hh · (-twist))`` (both from ``tomography.helical_symmetry.helical_rotations``), interpolate as in
     the point-group sum and, if the rise is non-zero, phase-shift by ``z · (-hh · rise_px / (ori_size · pf))``.
     hh: (m,) ints; rotations: (m, 3, 3) float64; rise_px: helical rise in pixels; pf: padding factor as
     float32-rounded double.
