@@ -1,5 +1,6 @@
 """relion-py-extract on a Dask cluster writes exactly the single-process run's files: a LocalCluster of two
 worker processes (--workers 2, 2-D and 3-D), a scheduler started from a scheduler file, a task failing on bad input."""
+import contextlib
 import os
 import shutil
 import subprocess
@@ -85,11 +86,13 @@ def test_only_do_unfinished_across_runs(project, small_batches):
     assert_same_files(project / "single", project / "out")
 
 
-def test_scheduler_file(project, tmp_path, small_batches):
-    scheduler_file = tmp_path / "scheduler.json"
-    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    procs = [subprocess.Popen(dask + ["--scheduler-file", str(scheduler_file), "--port", "0",
-                                      "--dashboard-address", ":0"], stderr=subprocess.DEVNULL)]
+@contextlib.contextmanager
+def scheduler_and_worker(scheduler_file):
+    """A `dask scheduler` writing ``scheduler_file`` and one one-thread `dask worker` joined to it, as
+    dask-jobqueue or a cluster admin would start them; yields their processes [scheduler, worker]."""
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file",
+                               str(scheduler_file), "--port", "0", "--dashboard-address", ":0"],
+                              stderr=subprocess.DEVNULL)]
     try:
         while not scheduler_file.exists():
             assert procs[0].poll() is None
@@ -97,14 +100,19 @@ def test_scheduler_file(project, tmp_path, small_batches):
         procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
                                        str(scheduler_file), "--nthreads", "1", "--no-dashboard"],
                                       stderr=subprocess.DEVNULL))
-        argv = BASE + MODES["2d"]
-        with working_directory(project):
-            run_twice(argv, ["--scheduler_file", str(scheduler_file)])
-        assert_same_files(project / "single", project / "out")
+        yield procs
     finally:
         for p in reversed(procs):
-            p.terminate()
+            p.kill()
             p.wait(timeout=60)
+
+
+def test_scheduler_file(project, tmp_path, small_batches):
+    scheduler_file = tmp_path / "scheduler.json"
+    with scheduler_and_worker(scheduler_file):
+        with working_directory(project):
+            run_twice(BASE + MODES["2d"], ["--scheduler_file", str(scheduler_file)])
+        assert_same_files(project / "single", project / "out")
 
 
 def test_failing_task_gives_the_single_process_error(project, capsys):
@@ -192,17 +200,8 @@ def test_lost_scheduler_then_only_do_unfinished(project, tmp_path, capsys, monke
     import relion_py.distributed.extract as distributed_extract
     monkeypatch.setattr(distributed_extract, "BATCH", 1)
     scheduler_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file",
-                               str(scheduler_file), "--port", "0", "--dashboard-address", ":0"],
-                              stderr=subprocess.DEVNULL)]
     argv = BASE + MODES["3d"] + ["--only_do_unfinished"]
-    try:
-        while not scheduler_file.exists():
-            assert procs[0].poll() is None
-            time.sleep(0.2)
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
-                                       str(scheduler_file), "--nthreads", "1", "--no-dashboard"],
-                                      stderr=subprocess.DEVNULL))
+    with scheduler_and_worker(scheduler_file) as procs:
         with working_directory(project):
             assert main(argv + ["--o", "out/"]) == 0
             os.rename("out", "single")
@@ -220,8 +219,4 @@ def test_lost_scheduler_then_only_do_unfinished(project, tmp_path, capsys, monke
                 "relion-py-extract: error: lost the Dask scheduler")
             assert not Path("out/particles.star").exists()
             assert main(argv + ["--o", "out/", "--workers", "2"]) == 0
-    finally:
-        for p in reversed(procs):
-            p.kill()
-            p.wait(timeout=60)
     assert_same_files(project / "single", project / "out")

@@ -97,18 +97,13 @@ def select(client, run_ids=(), dataset_ids=(), object_name="", inexact_match=Fal
     missing = sorted(set(run_ids) - set(runs))
     if missing:
         raise RelionPyError(f"no run with id {', '.join(map(str, missing))} in the CryoET Data Portal")
-    if dataset_ids:
-        found = _find(cdp.Run, client, cdp.Run.dataset_id._in(list(dataset_ids)))
-        empty = sorted(set(dataset_ids) - {r.dataset_id for r in found})
-        if empty:
-            raise RelionPyError(f"no run in dataset {', '.join(map(str, empty))} of the CryoET Data Portal")
-        runs.update((r.id, r) for r in found)
-    if run_names:
-        found = _find(cdp.Run, client, cdp.Run.name._in(list(run_names)))
-        unknown = sorted(set(run_names) - {r.name for r in found})
-        if unknown:
-            raise RelionPyError(f"no run named {', '.join(unknown)} in the CryoET Data Portal")
-        runs.update((r.id, r) for r in found)
+    for values, label, what in ((dataset_ids, "dataset_id", "in dataset"), (run_names, "name", "named")):
+        if values:           # runs of these datasets / with these names; each value must match a run
+            found = _find(cdp.Run, client, getattr(cdp.Run, label)._in(list(values)))
+            unmatched = sorted(set(values) - {getattr(r, label) for r in found})
+            if unmatched:
+                raise RelionPyError(f"no run {what} {', '.join(map(str, unmatched))} in the CryoET Data Portal")
+            runs.update((r.id, r) for r in found)
     if not runs and deposition_ids:
         in_depositions = _find(cdp.Annotation, client, cdp.Annotation.deposition_id._in(list(deposition_ids)))
         runs = _by_id(cdp.Run, client, {a.run_id for a in in_depositions})
