@@ -21,6 +21,7 @@ from scipy.spatial.transform import Rotation
 
 from relion_py.cli.extract import main as extract_main
 from relion_py.cli.portal import main as portal_main
+from relion_py.io.mrc import read_mrc
 from relion_py.runtime.errors import RelionPyError
 from relion_py.io import zarr_images
 from relion_py.io.mrc import mmap_mrc
@@ -487,3 +488,32 @@ def test_dry_run_writes_nothing(portal, tmp_path, capsys):
     assert f"2 tilt series, 12 particles, {expected} bytes of tilt series" in out
     assert not list(tmp_path.iterdir())
     assert not portal.server.requests("/TiltSeries/")
+
+
+def test_average_from_portal_runs(portal, tmp_path):
+    """relion-py-portal … --average -- <extraction>: project, extraction, then the tilt-series reconstruction of
+    the extracted particles (what relion-py-reconstruct --i Extract/optimisation_set.star writes), and a summary
+    with the particles per run, the bytes fetched, the time per stage and the map's central slices."""
+    from PIL import Image
+    from relion_py.cli.reconstruct import main as reconstruct_main
+    with working_directory(tmp_path):
+        assert portal_main(["--url", portal.server.graphql_url, "--run_ids", "100,200", "--object", OBJECT_NAME,
+                            "--ground_truth", "--o", "project/", "--average", "--", "--o", "Extract/"]
+                           + EXTRACT_3D) == 0
+        box = EXTRACT_3D[EXTRACT_3D.index("--b") + 1]
+        crop = EXTRACT_3D[EXTRACT_3D.index("--crop") + 1]
+        os.makedirs("Again")
+        assert reconstruct_main(["--i", "Extract/optimisation_set.star", "--o", "Again/", "--b", box, "--crop", crop,
+                                 "--j_out", "2", "--j_in", "1"]) == 0
+    average = tmp_path / "project" / "Average"
+    for name in ("merged.mrc", "half1.mrc", "half2.mrc"):
+        assert np.array_equal(read_mrc(average / name)[0], read_mrc(tmp_path / "Again" / name)[0])
+    summary = (average / "summary.md").read_text()
+    particles = read_star(tmp_path / "Extract/particles.star")["particles"]
+    for name, count in particles["rlnTomoName"].astype(str).value_counts().items():
+        assert f"| {name} | {count} |" in summary
+    fetched = int(summary.split("Bytes fetched (annotations, tilt-series chunks): ")[1].split()[0].replace(",", ""))
+    assert fetched > 0
+    assert all(f"| {stage} |" in summary for stage in ("portal project", "extraction", "reconstruction"))
+    n = read_mrc(average / "merged.mrc")[0].shape[0]
+    assert Image.open(average / "central_slices.png").size == (3 * n + 8, n)

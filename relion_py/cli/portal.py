@@ -1,5 +1,7 @@
 """relion-py-portal: a RELION 5 project from CryoET Data Portal runs, optionally extracted in one go."""
+import os
 import sys
+import time
 
 from ..runtime.log import info
 from ..runtime.options import parse_options
@@ -47,7 +49,13 @@ def main(argv=None):
         extract_opts = parse_options(ExtractOptions, extract_argv, "relion-py-extract",
                                      "relion-py-extract options (after '--')")
 
+    if opts.average and split == len(argv):
+        print(f"{PROG}: error: --average needs relion-py-extract's options after '--' (at least --o and --b)",
+              file=sys.stderr)
+        return 2
+
     def run():
+        stages, start = {}, time.monotonic()
         if split < len(argv) and wants_cluster(extract_opts) and extract_opts.mpi:
             from ..distributed.cluster import start_mpi
             start_mpi()   # before the portal project is made: only the client (rank 1) makes it
@@ -56,10 +64,17 @@ def main(argv=None):
             return
         info(f"wrote {project.optimisation_set}: {len(project.tomograms)} tilt series, "
              f"{project.n_particles} particles")
+        stages["portal project"] = time.monotonic() - start
         if split < len(argv):
             extract_opts.i = project.optimisation_set
+            start = time.monotonic()
             run_extraction(extract_opts, command=["relion-py-extract"] + extract_argv
                            + ["--i", project.optimisation_set])
+            stages["extraction"] = time.monotonic() - start
+        if opts.average:
+            from ..programs.portal_average import average
+            average(extract_opts, os.path.join(opts.o, "Average/"), stages)
+            info(f"wrote {os.path.join(opts.o, 'Average', 'summary.md')}")
     return run_cli(PROG, run, extract_opts.pipeline_control if split < len(argv) else "")
 
 

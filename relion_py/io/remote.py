@@ -17,6 +17,14 @@ import urllib3
 
 from ..runtime.errors import RelionPyError
 
+_TOTAL = [0]                       # bytes fetched by every store of this process
+_TOTAL_LOCK = threading.Lock()
+
+
+def bytes_fetched():
+    """Bytes fetched so far by this process, over every store (remote or local)."""
+    return _TOTAL[0]
+
 ATTEMPTS = 4            # tries per remote object before giving up
 BACKOFF_S = 0.25        # first retry delay; doubles after every failed try
 CONNECT_TIMEOUT_S = 10.0
@@ -46,6 +54,8 @@ class _Store:
         with self._lock:
             self.requests += 1
             self.bytes += nbytes
+        with _TOTAL_LOCK:
+            _TOTAL[0] += nbytes
 
     def where(self, key):
         """The URL or path of ``key``, for messages."""

@@ -67,6 +67,9 @@ class PortalOptions:
     url: str = option("", "GraphQL endpoint of the portal (default: the client's, the public portal)", IO)
     dry_run: bool = option(False, "Print the runs, particles per run and bytes of the tilt series (what "
                            "--download fetches) without writing anything", IO)
+    average: bool = option(False, "After the extraction (its options after '--'), reconstruct the particles "
+                           "(merged and half maps in <o>/Average/) and write a one-page summary.md with the "
+                           "map's central slices", IO)
 
 
 @dataclass
