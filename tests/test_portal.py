@@ -492,7 +492,7 @@ def test_dry_run_writes_nothing(portal, tmp_path, capsys):
 
 def test_average_from_portal_runs(portal, tmp_path):
     """relion-py-portal … --average -- <extraction>: project, extraction, then the tilt-series reconstruction of
-    the extracted particles (what relion-py-reconstruct --i Extract/optimisation_set.star writes), and a summary
+    the extracted particles (what relion-py-reconstruct writes for them), and a summary
     with the particles per run, the bytes fetched, the time per stage and the map's central slices."""
     from PIL import Image
     from relion_py.cli.reconstruct import main as reconstruct_main
@@ -503,8 +503,11 @@ def test_average_from_portal_runs(portal, tmp_path):
         box = EXTRACT_3D[EXTRACT_3D.index("--b") + 1]
         crop = EXTRACT_3D[EXTRACT_3D.index("--crop") + 1]
         os.makedirs("Again")
-        assert reconstruct_main(["--i", "Extract/optimisation_set.star", "--o", "Again/", "--b", box, "--crop", crop,
-                                 "--j_out", "2", "--j_in", "1"]) == 0
+        # the portal's particles have no half sets: --average alternates them (1, 2, 1, … in STAR order)
+        halves = read_star("project/Average/particles_halves.star")["particles"]["rlnRandomSubset"]
+        assert list(halves) == [1 + k % 2 for k in range(len(halves))]
+        assert reconstruct_main(["--i", "project/Average/optimisation_set.star", "--o", "Again/", "--b", box,
+                                 "--crop", crop, "--j_out", "2", "--j_in", "1"]) == 0
     average = tmp_path / "project" / "Average"
     for name in ("merged.mrc", "half1.mrc", "half2.mrc"):
         assert np.array_equal(read_mrc(average / name)[0], read_mrc(tmp_path / "Again" / name)[0])

@@ -13,7 +13,8 @@ import numpy as np
 from ..io.atomic import atomic_output
 from ..io.mrc import read_mrc
 from ..io.remote import bytes_fetched
-from ..io.star import read_star
+from ..io.star import read_star, write_star
+from ..project.optimisation_set import OptimisationSet
 from .reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
 
 
@@ -29,15 +30,36 @@ def central_slices_png(volume, path):
         Image.fromarray(np.hstack([tiles[0], gap, tiles[1], gap, tiles[2]])).save(tmp, format="PNG")
 
 
+def _with_half_sets(extract_dir, out_dir):
+    """The optimisation set to reconstruct from: the extraction's, or, if its particles have no half sets
+    (portal annotations have none), a copy of it in ``out_dir`` whose particles alternate between half 1 and
+    half 2 in STAR order (rlnRandomSubset 1, 2, 1, …), so that the half maps and their FSC mean something."""
+    extracted = os.path.join(extract_dir, "optimisation_set.star")
+    particles_star = os.path.join(extract_dir, "particles.star")
+    blocks = read_star(particles_star)
+    table = blocks.loop("particles")
+    if "rlnRandomSubset" in table.columns:
+        return extracted
+    table = table.copy()
+    table["rlnRandomSubset"] = 1 + np.arange(len(table)) % 2
+    halves = os.path.join(out_dir, "particles_halves.star")
+    write_star(halves, {**blocks, "particles": table})
+    files = OptimisationSet.from_arguments(extracted)
+    files.particles = halves
+    path = os.path.join(out_dir, "optimisation_set.star")
+    write_star(path, {"": files.to_star_block()})
+    return path
+
+
 def average(extract_opts, out_dir, stage_seconds):
     """Reconstruct the particles extracted by ``extract_opts`` (box, crop, binning, threads as extracted) into
     ``out_dir`` and write ``out_dir/summary.md`` and ``central_slices.png``. ``stage_seconds``: {stage: s} of the
     earlier stages, completed here."""
     start = time.monotonic()
-    extracted = os.path.join(extract_opts.o, "optimisation_set.star")
-    rec = ReconstructParticleOptions(i=extracted, o=out_dir, b=extract_opts.b, crop=extract_opts.crop,
-                                     bin=extract_opts.bin, j=extract_opts.j, j_out=2, j_in=1)
     os.makedirs(out_dir, exist_ok=True)
+    rec = ReconstructParticleOptions(i=_with_half_sets(extract_opts.o, out_dir), o=out_dir, b=extract_opts.b,
+                                     crop=extract_opts.crop, bin=extract_opts.bin, j=extract_opts.j, j_out=2,
+                                     j_in=1)
     result = reconstruct_particle(rec, command=["relion-py-portal", "--average"])
     stage_seconds["reconstruction"] = time.monotonic() - start
     merged = os.path.join(out_dir, "merged.mrc")
