@@ -72,13 +72,15 @@ def test_hermitian_sum_and_point_group():
     data, weight = split_accumulator(acc)
     enforce_hermitian_symmetry(data, weight)
     assert data[4, 5, 0] == 6 - 5j and data[2, 1, 0] == 6 + 5j and weight[4, 5, 0] == weight[2, 1, 0] == 4
-    # C2 about z: (x, y, z) → (-x, -y, z); the sum over the group is symmetric
+    # C2 about z: (x, y, z) → (-x, -y, z); the sum over the group is symmetric. The grid must hold the
+    # interpolation's x0+1, y0+1, z0+1 for every |k|² <= rmax2 (as RELION's padded grids do): 9 voxels for r 3
+    data, weight = split_accumulator(new_accumulator(9))
     data[:] = 0
     weight[:] = 0
-    weight[3 + 2, 3, 1] = 1.0                      # logical (x, y, z) = (1, 0, 2)
+    weight[4 + 2, 4, 1] = 1.0                      # logical (x, y, z) = (1, 0, 2)
     # R (1, 0, 2) = (-1, 0, 2): stored as its Friedel mate (1, 0, -2)
     apply_point_group_symmetry(data, weight, np.diag([-1.0, -1.0, 1.0])[None], 9)
-    assert weight[3 + 2, 3, 1] == 1.0 and weight[3 - 2, 3, 1] == 1.0 and weight.sum() == 2.0
+    assert weight[4 + 2, 4, 1] == 1.0 and weight[4 - 2, 4, 1] == 1.0 and weight.sum() == 2.0
 
 
 def test_blob_table():
