@@ -1,6 +1,7 @@
 """Progress in job logs (stdout not a terminal): periodic lines, a closing line per loop and per run, and
 the notice that the kernels are being compiled when Numba's cache holds none."""
 import io
+import os
 
 from conftest import mirror_fixtures, working_directory
 from relion_py.cli.reconstruct import main as reconstruct_main
@@ -71,3 +72,11 @@ def test_runs_end_with_a_summary(tmp_path, capsys):
     kept = int(summary[0].split()[1])
     assert " 0 particles written" in again and f"{kept} skipped (finished earlier)" in again
     assert "240 of 240 particles backprojected" in image_mode
+
+
+def test_the_cache_probe_names_existing_kernel_modules():
+    """The compile notice looks for the Numba cache of these modules: a renamed module would make every run
+    announce a compilation."""
+    import relion_py
+    package = os.path.dirname(relion_py.__file__)
+    assert all(os.path.isfile(os.path.join(package, module)) for module in progress._KERNELS)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 LOG_PERIOD = 5.0
 #: Kernel modules whose Numba cache tells whether this installation has compiled its kernels yet.
 _KERNELS = ("kernels/tomography/extraction.py", "kernels/tomography/insertion_backward.py",
-            "kernels/classic/backproject.py")
+            "kernels/classic/insertion.py")
 _noticed = False
 
 
