@@ -238,10 +238,13 @@ class ExtractionRun:
 def _extract_all(run, command, run_batches):
     """Everything an extraction writes into its output folder (which exists)."""
     opts = run.opts
-    if opts.only_do_unfinished:
-        remove_stale_temporaries(run.out_dir)
     _write_note(run.out_dir, command or command_line(opts))
     run.select()
+    if opts.only_do_unfinished:
+        # once, here, before any particle is written: a batch running on a cluster worker must not take another
+        # worker's (or another host's) temporaries for those of a killed run
+        for folder in sorted({run.out_dir} | {os.path.dirname(root) for root in run.roots.values()}):
+            remove_stale_temporaries(folder)
     kept = run.kept
     n_removed = len(run.particles) - sum(len(g.rows) for g in kept.values())
     if run_batches is None:
@@ -381,9 +384,6 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, part, roots, 
     rows = geom.rows[part]
     outputs = output_suffixes(opts)
     folders = sorted({os.path.dirname(roots[r]) for r in rows})
-    if opts.only_do_unfinished:
-        for folder in folders:
-            remove_stale_temporaries(folder)
     todo = np.array([not (opts.only_do_unfinished and all(os.path.exists(roots[r] + x) for x in outputs))
                      for r in rows], bool)
     selection = part.start + np.flatnonzero(todo)
