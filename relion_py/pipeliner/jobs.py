@@ -49,11 +49,13 @@ class _RelionPyJob:
     """Mixin: RELION's commands of the parent job class, run by relion_py."""
 
     RELION_PY_PROGRAM = ""
+    DISPLAY_NAME = ""
 
-    def _init_relion_py(self, display_name):
+    def __init__(self):
+        super().__init__()          # the RELION job's options, nodes and commands
         self.jobinfo.programs = [ExternalProgram(command=self.RELION_PY_PROGRAM)]
-        self.jobinfo.display_name = display_name
-        self.jobinfo.short_desc = f"{display_name}: RELION's numbers and files, by relion_py"
+        self.jobinfo.display_name = self.DISPLAY_NAME
+        self.jobinfo.short_desc = f"{self.DISPLAY_NAME}: RELION's numbers and files, by relion_py"
 
     def _n_threads(self):
         n = 1
@@ -71,10 +73,7 @@ class RelionPyExtractJob(_RelionPyJob, RelionPseudoSubtomoJob):
 
     PROCESS_NAME = "relion_py.pseudosubtomo"
     RELION_PY_PROGRAM = "relion-py-extract"
-
-    def __init__(self):
-        super().__init__()
-        self._init_relion_py("Extract subtomos (relion_py)")
+    DISPLAY_NAME = "Extract subtomos (relion_py)"
 
 
 class RelionPyReconstructParticleJob(_RelionPyJob, RelionReconstructParticleJob):
@@ -82,10 +81,7 @@ class RelionPyReconstructParticleJob(_RelionPyJob, RelionReconstructParticleJob)
 
     PROCESS_NAME = "relion_py.reconstructparticletomo"
     RELION_PY_PROGRAM = "relion-py-reconstruct"
-
-    def __init__(self):
-        super().__init__()
-        self._init_relion_py("Reconstruct particle (relion_py)")
+    DISPLAY_NAME = "Reconstruct particle (relion_py)"
 
 
 class RelionPyReconstructJob(_RelionPyJob, RelionReconstruct):
@@ -93,7 +89,4 @@ class RelionPyReconstructJob(_RelionPyJob, RelionReconstruct):
 
     PROCESS_NAME = "relion_py.reconstruct"
     RELION_PY_PROGRAM = "relion-py-reconstruct"
-
-    def __init__(self):
-        super().__init__()
-        self._init_relion_py("Reconstruct (relion_py)")
+    DISPLAY_NAME = "Reconstruct (relion_py)"
