@@ -3,7 +3,7 @@
 import sys
 
 from ..runtime.errors import RelionPyError
-from ..runtime.options import build_parser
+from ..runtime.options import build_parser, parse_options
 from ..programs.reconstruct import choose_mode as choose_input_mode
 from ..programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 from ..programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
@@ -62,12 +62,11 @@ def print_help():
 
 
 def parse_image_options(argv):
-    ns = build_image_parser().parse_args(argv)
-    return ReconstructImagesOptions(**vars(ns))
+    return parse_options(ReconstructImagesOptions, argv, PROG, DESCRIPTION)
 
 
 def _tilt_series(argv):
-    opts = ReconstructParticleOptions(**vars(build_tilt_series_parser().parse_args(argv)))
+    opts = parse_options(ReconstructParticleOptions, argv, PROG, TILT_SERIES_DESCRIPTION)
     reconstruct_particle(single_process(opts), command=[PROG] + without_cluster_flags(list(argv)))
 
 
