@@ -1,6 +1,5 @@
 """relion-py-extract on a Dask cluster writes exactly the single-process run's files: a LocalCluster of two
 worker processes (--workers 2, 2-D and 3-D), a scheduler started from a scheduler file, a task failing on bad input."""
-import contextlib
 import os
 import shutil
 import subprocess
@@ -10,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, working_directory
+from cluster_helpers import assert_same_files, copy_project, scheduler_and_worker
+from conftest import working_directory
 from relion_py.cli.extract import main
 
 pytest.importorskip("distributed")
@@ -21,9 +21,7 @@ MODES = {"2d": ["--stack2d", "--b", "32", "--crop", "24"], "3d": ["--b", "32", "
 
 @pytest.fixture
 def project(tmp_path):
-    dest = tmp_path / "project" / "synthetic"
-    shutil.copytree(FIXTURES / "synthetic", dest, ignore=shutil.ignore_patterns("ground_truth", "spa2d"))
-    return dest.parent
+    return copy_project(tmp_path)
 
 
 @pytest.fixture
@@ -33,35 +31,12 @@ def small_batches(monkeypatch):
     monkeypatch.setattr(distributed_extract, "BATCH", 5)
 
 
-def without_time_stamp(path):
-    """The file's bytes; for MRC files without the time stamp of label 0 ("Relion    06-Dec-26  01:13:45"),
-    which differs between any two runs, single-process ones included."""
-    raw = bytearray(path.read_bytes())
-    if path.suffix in (".mrc", ".mrcs"):
-        assert raw[224:234] == b"Relion    "
-        raw[234:254] = bytes(20)
-    return bytes(raw)
-
-
-def files_of(folder):
-    return {str(p.relative_to(folder)): without_time_stamp(p) for p in sorted(Path(folder).rglob("*"))
-            if p.is_file()}
-
-
 def run_twice(argv, cluster_flags):
     """The single-process run into out/ (then moved to single/), and the cluster run into out/: the same
     command line but for the cluster flags (the output paths in the STAR files and note.txt are the same)."""
     assert main(argv + ["--o", "out/"]) == 0
     os.rename("out", "single")
     assert main(argv + ["--o", "out/"] + cluster_flags) == 0
-
-
-def assert_same_files(a, b):
-    fa, fb = files_of(a), files_of(b)
-    assert sorted(fa) == sorted(fb)
-    assert len(fa) > 3
-    different = [name for name in fa if fa[name] != fb[name]]
-    assert not different, different
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
@@ -84,27 +59,6 @@ def test_only_do_unfinished_across_runs(project, small_batches):
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
     assert all(p.exists() for p in stacks)
     assert_same_files(project / "single", project / "out")
-
-
-@contextlib.contextmanager
-def scheduler_and_worker(scheduler_file):
-    """A `dask scheduler` writing ``scheduler_file`` and one one-thread `dask worker` joined to it, as
-    dask-jobqueue or a cluster admin would start them; yields their processes [scheduler, worker]."""
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file",
-                               str(scheduler_file), "--port", "0", "--dashboard-address", ":0"],
-                              stderr=subprocess.DEVNULL)]
-    try:
-        while not scheduler_file.exists():
-            assert procs[0].poll() is None
-            time.sleep(0.2)
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
-                                       str(scheduler_file), "--nthreads", "1", "--no-dashboard"],
-                                      stderr=subprocess.DEVNULL))
-        yield procs
-    finally:
-        for p in reversed(procs):
-            p.kill()
-            p.wait(timeout=60)
 
 
 def test_scheduler_file(project, tmp_path, small_batches):

@@ -36,7 +36,7 @@ def test_sums_are_grouped_by_batch_whatever_the_threads(threads, buffers):
         for k in range(bounds[b], bounds[b + 1]):
             acc += terms[k]
     done = []
-    total = OrderedReduction(np.zeros(50), buffers).run(accumulate, len(bounds) - 1, threads, done.append)
+    total = OrderedReduction(np.zeros(50), buffers).run(np.zeros(50), accumulate, len(bounds) - 1, threads, done.append)
     np.testing.assert_array_equal(total, expected)
     assert done == list(range(len(bounds) - 1))
 
@@ -49,5 +49,5 @@ def test_an_error_in_a_batch_is_raised_and_stops_the_rest():
         if b == 3:
             raise ValueError("bad particle")
     with pytest.raises(ValueError, match="bad particle"):
-        OrderedReduction(np.zeros(4), 2).run(accumulate, 100, 2)
+        OrderedReduction(np.zeros(4), 2).run(np.zeros(4), accumulate, 100, 2)
     assert len(started) < 100

@@ -48,7 +48,7 @@ def test_reconstruction_run_ends_with_a_summary(tmp_path, capsys):
         assert reconstruct_main(["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star",
                                  "--b", "24", "--o", "out/", "--j", "2"]) == 0
     out = capsys.readouterr().out
-    assert " ■ Backprojecting TS_01: 20 particles in " in out
+    assert " ■ Backprojecting: 20 particles in " in out
     assert " ■ 20 particles backprojected (" in out and "0 not visible in any tilt image; 9 maps written" in out
 
 

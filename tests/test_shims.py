@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import CASES, FIXTURES, compare_with_relion, mirror_fixtures
+from relion_py.cli import shim
 from relion_py.cli.shim import MARKER, PROGRAMS, find_relion, flags_relion_py_cannot_run
 from relion_py.cli.shims import write_shims
 from relion_py.runtime.errors import RelionPyError
@@ -162,12 +163,16 @@ def test_mpi_name_without_mpirun_runs_single_process(shims, tmp_path):
     assert (job / "particles.star").exists()
 
 
-def test_mpi_ranks_above_zero_leave_the_work_to_rank_zero(shims, tmp_path):
-    """A program without a multi-rank mode (reconstruction) under mpirun: ranks above 0 exit at once."""
-    env = {**os.environ, "OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "2"}
-    done = subprocess.run([str(shims / "relion_tomo_reconstruct_particle_mpi"), "--o", str(tmp_path / "x/"), "--b", "32"],
-                          env=env, capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout == "" and not (tmp_path / "x").exists()
+@pytest.mark.parametrize("size", [2, 3])
+def test_mpi_ranks_above_zero_leave_the_work_to_rank_zero(tmp_path, monkeypatch, capsys, size):
+    """Under mpirun without a Dask cluster to make (2 ranks, or no relion_py[mpi]): ranks above 0 exit at
+    once, rank 0 does the work in one process."""
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", str(size))
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    if size == 3:
+        monkeypatch.setattr(shim, "_has_dask_mpi", lambda: False)
+    assert shim.run("relion_tomo_reconstruct_particle_mpi", ["--o", str(tmp_path / "x/"), "--b", "32"]) == 0
+    assert capsys.readouterr().out == "" and not (tmp_path / "x").exists()
 
 
 def test_mpi_name_under_mpirun_runs_on_dask_mpi(shims, tmp_path):
@@ -187,4 +192,23 @@ def test_mpi_name_under_mpirun_runs_on_dask_mpi(shims, tmp_path):
     assert "4 MPI ranks → relion-py-extract --mpi" in (job / "run.out").read_text()
     assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
     ok, report = compare_with_relion(FIXTURES / case, job, ["--path-prefix-map", f"{case}/=Extract/job014/"])
+    assert ok, report[-3000:]
+
+
+def test_reconstruct_particle_mpi_under_mpirun_runs_on_dask_mpi(shims, tmp_path):
+    """The GUI's "Reconstruct particle" job with 4 MPI procs: mpirun -n 4 relion_tomo_reconstruct_particle_mpi …
+    → relion-py-reconstruct --mpi; RELION's files."""
+    case = "f2_reconstruct_particle_c1_snr"
+    project = mirror_fixtures(tmp_path / "project", case)
+    command = "mpirun -n 4 --oversubscribe " + GUI_JOBS[case].replace(
+        "`which relion_tomo_reconstruct_particle`", "`which relion_tomo_reconstruct_particle_mpi`")
+    os.environ.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    try:
+        status, job = run_job(command, project, shims)
+    finally:
+        del os.environ["OMPI_ALLOW_RUN_AS_ROOT"], os.environ["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"]
+    assert status == 0, (job / "run.err").read_text()[-2000:]
+    assert "4 MPI ranks → relion-py-reconstruct --mpi" in (job / "run.out").read_text()
+    assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
+    ok, report = compare_with_relion(FIXTURES / case, job, ["--path-prefix-map", f"{case}/=Reconstruct/job008/"])
     assert ok, report[-3000:]

@@ -7,8 +7,7 @@ from ..runtime.options import build_parser, parse_options
 from ..programs.reconstruct import choose_mode as choose_input_mode
 from ..programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 from ..programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
-from ..runtime.cluster_options import cluster_defaults, wants_cluster, without_cluster_flags
-from ..runtime.log import warn
+from ..runtime.cluster_options import wants_cluster, without_cluster_flags
 from .common import run_cli
 
 PROG = "relion-py-reconstruct"
@@ -67,17 +66,18 @@ def parse_image_options(argv):
 
 def _tilt_series(argv):
     opts = parse_options(ReconstructParticleOptions, argv, PROG, TILT_SERIES_DESCRIPTION)
-    reconstruct_particle(single_process(opts), command=[PROG] + without_cluster_flags(list(argv)))
-
-
-def single_process(opts):
-    """Reconstruction runs in this process for now (the distributed partition into accumulators is not built
-    yet): the cluster flags are accepted and say so; --mpi is refused (every rank would write the same files)."""
+    command = [PROG] + without_cluster_flags(list(argv))
     if wants_cluster(opts):
-        if opts.mpi:
-            raise RelionPyError("--mpi is not supported by relion-py-reconstruct yet: run it without mpirun")
-        warn("relion-py-reconstruct does not run on a Dask cluster yet: reconstructing in this process (--j threads)")
-    return cluster_defaults(opts)
+        from ..distributed.reconstruct import reconstruct_particle_on_cluster   # Dask only when asked for
+        return reconstruct_particle_on_cluster(opts, command)
+    return reconstruct_particle(opts, command=command)
+
+
+def _images(opts):
+    if wants_cluster(opts):
+        from ..distributed.reconstruct import reconstruct_images_on_cluster
+        return reconstruct_images_on_cluster(opts)
+    return reconstruct_images(opts)
 
 
 def main(argv=None, mode=None):
@@ -95,7 +95,7 @@ def main(argv=None, mode=None):
     if mode == "tilt_series":
         return run_cli(PROG, lambda: _tilt_series(argv), _value(argv, "--pipeline_control") or "")
     opts = parse_image_options(argv)
-    return run_cli(PROG, lambda: reconstruct_images(single_process(opts)))
+    return run_cli(PROG, lambda: _images(opts))
 
 
 if __name__ == "__main__":

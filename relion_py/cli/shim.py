@@ -108,10 +108,10 @@ def run(name, argv):
         say(f"{' '.join(cannot)} not supported by relion_py, and no RELION {name} further down PATH")
     rank, size = mpi_rank_and_size()
     if name.endswith("_mpi"):
-        if size > 1 and module == "extract" and _has_dask_mpi():
-            # dask-mpi: rank 0 the scheduler, rank 1 the client that writes the STAR files, the others workers
+        if size > 2 and _has_dask_mpi():
+            # dask-mpi: rank 0 the scheduler, rank 1 the client that writes the outputs, the others workers
             if rank == 0:
-                say(f"{name}: {size} MPI ranks → relion-py-extract --mpi (Dask: 1 scheduler, 1 client, "
+                say(f"{name}: {size} MPI ranks → {command} --mpi (Dask: 1 scheduler, 1 client, "
                     f"{size - 2} workers)")
             argv = argv + ["--mpi"]
         else:

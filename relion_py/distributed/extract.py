@@ -3,19 +3,15 @@ extracting its particles from the tilt series (a local file on a shared file sys
 the worker fetches itself) and writing their finished files into the shared output folder (temporary name +
 rename). The client writes particles.star and optimisation_set.star once every task has finished."""
 import os
-import threading
 import uuid
 
 from ..programs.subtomo import ExtractionRun, extract_subtomograms
 from ..runtime.errors import RelionPyError
 from ..runtime.log import info
 from ..runtime.cluster_options import cluster_defaults, without_cluster_flags
-from .cluster import connect, start_mpi
+from .cluster import connect, describe, start_mpi, task_result, worker_run
 
 BATCH = 16   # particles per task: each particle's files depend on it alone, so the cut never changes a byte
-
-_cache = {"key": None, "run": None}
-_cache_lock = threading.Lock()
 
 
 def extract_on_cluster(opts, command=None, batch=None):
@@ -36,47 +32,27 @@ def extract_on_cluster(opts, command=None, batch=None):
 
 def _run_tasks(client, opts, batches, cwd):
     from distributed import as_completed
-    info(f"Extracting {len(batches)} batches of particles on {_describe(client)}")
+    info(f"Extracting {len(batches)} batches of particles on {describe(client)}")
     run_id = uuid.uuid4().hex
     futures = [client.submit(extract_batch, opts, cwd, *b, key=f"relion-py-extract-{run_id}-{k}", pure=False)
                for k, b in enumerate(batches)]
-    n_images, error = 0, None
+    n_images = 0
     try:
-        for future in as_completed(futures):
-            if future.status == "error":      # the task's own exception: raised as the single-process path raises it
-                error = future.exception()
-                break
-            if future.status != "finished":   # cancelled: the scheduler is gone
-                raise OSError(f"task {future.key} was {future.status}")
-            n_images += future.result()
-    except (OSError, TimeoutError) as e:
-        raise RelionPyError(f"lost the Dask scheduler ({e}); the finished particles are kept: rerun with "
-                            "--only_do_unfinished to complete the run") from None
+        for future in as_completed(futures):     # any order: each particle's files depend on it alone
+            n_images += task_result(future)
     finally:
         client.cancel(futures)
-    if error is not None:
-        raise error
     return n_images
-
-
-def _describe(client):
-    workers = client.scheduler_info().get("workers", {})
-    return f"{len(workers)} Dask worker{'s' if len(workers) != 1 else ''}"
 
 
 def extract_batch(opts, cwd, name, start, stop):
     """The task: extract kept particles start:stop of tomogram ``name`` (on --j threads) and write their files.
     The run's inputs and visibility pass are read once per worker process and kept for its next tasks."""
-    key = (repr(opts), cwd)
-    with _cache_lock:
-        if _cache["key"] != key:
-            if _cache["run"] is not None:
-                _cache["run"].close()
-                _cache["key"] = _cache["run"] = None
-            if os.getcwd() != cwd:
-                os.chdir(cwd)   # paths in the STAR files are relative to the project folder
-            run = ExtractionRun(opts)
-            run.select()
-            _cache["key"], _cache["run"] = key, run
-        run = _cache["run"]
+    run = worker_run(opts, cwd, _selected_run)
     return run.extract(name, start, stop, run.threads)
+
+
+def _selected_run(opts):
+    run = ExtractionRun(opts)
+    run.select()
+    return run

@@ -18,20 +18,22 @@ import os
 import time
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ..io.mrc import write_mrc
 from ..io.output_folder import refuse_overwriting_inputs
 from ..io.particle_images import ImageReader, image_path
 from ..io.star import read_star
-from ..kernels.classic.reconstruct_grid import Grid, backproject_all, reconstruct_grid
+from ..kernels.classic.padded_grid import split_accumulator
+from ..kernels.classic.reconstruct_grid import Grid, GridInsertion, reconstruct_grid
 from ..project.observation_model import load_particles
 from ..runtime.errors import RelionPyError
 from ..runtime.log import info
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import check_supported, option
-from ..runtime.progress import summary
+from ..runtime.parallel import numba_threads
+from ..runtime.partition import BATCH_SIZE, batch_bounds
+from ..runtime.progress import Progress, summary
 from ..tomography.helical_symmetry import helical_rotations
 from ..tomography.symmetry import point_group_operators
 
@@ -42,6 +44,9 @@ HELIX = "Helical options"
 SUBTOMO = "Subtomogram averaging"
 EXPERT = "Expert options"
 NOT_YET = "not implemented in relion_py yet"
+#: Most groups of particles (``ImageReconstruction.groups``): each costs one pass over the padded grid (zeroing
+#: its accumulator, adding it to the total), and each is one task on a cluster.
+IMAGE_GROUPS = 16
 DEBUG = "a RELION developer/debugging option, not ported"
 
 
@@ -187,31 +192,35 @@ def _check_options(opts):
     point_group_operators(opts.sym)        # bad symmetry names fail before the long part
 
 
-def reconstruct_images(opts):
+def reconstruct_images(opts, sum_groups=None):
     """Run relion_reconstruct with ``opts`` (a :class:`ReconstructImagesOptions`); writes ``opts.o`` and
-    returns a :class:`ReconstructResult`."""
+    returns a :class:`ReconstructResult`.
+
+    The particles are inserted in groups (:meth:`ImageReconstruction.groups`), each into a zeroed accumulator,
+    and the group sums are added in order (:mod:`relion_py.runtime.partition`). ``sum_groups``: None sums the
+    groups here, on --j threads; otherwise a callable ``sum_groups(run, groups)`` that yields their sums in
+    order (:mod:`relion_py.distributed.reconstruct`). The output does not depend on who sums the groups."""
     start = time.monotonic()
-    _check_options(opts)
-    threads = max(1, int(opts.j))
-    reader = ImageReader(opts.img)
-    parts, n_box, angpix, data_dim, n_all = load_particles(opts, reader)
+    run = ImageReconstruction(opts)
+    parts, n_box, angpix, data_dim, n_all = run.parts, run.n_box, run.angpix, run.data_dim, run.n_all
     refuse_overwriting_inputs([opts.o], [opts.i, opts.fsc] + sorted(
         {image_path(name, opts.img)[0] for name in parts.names + [c for c in parts.ctf_names or [] if c]}))
     if opts.verb > 0:
         info(f"{len(parts.names)} of {n_all} particles, {data_dim}-D data, box {n_box}, "
              f"pixel size {angpix:g} A")
-    r_max = n_box // 2 if opts.maxres < 0 else min(int(math.ceil(n_box * angpix / opts.maxres)), n_box // 2)
-    grid = Grid.create(n_box, opts.pad, r_max, opts.r_min_nn)
     fsc = _read_fsc(opts.fsc, n_box) if opts.fsc else None
-    old_threads = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    try:
-        data, weight = backproject_all(opts, parts, grid, n_box, angpix, data_dim, reader, threads)
-        helical = helical_rotations(opts.nr_helical_asu, opts.helical_twist) if opts.nr_helical_asu >= 2 else None
-        vol = reconstruct_grid(data, weight, grid, opts, data_dim, angpix, point_group_operators(opts.sym),
-                               helical, fsc=fsc, workers=threads)
-    finally:
-        numba.set_num_threads(old_threads)
+    total = run.accumulator()
+    groups = run.groups()
+    with Progress("Back-projecting", len(parts.names)) as bar:
+        for (first, end), group_sum in zip(groups, (sum_groups or _sum_groups_here)(run, groups)):
+            total += group_sum
+            bar.advance(end - first)
+    data, weight = split_accumulator(total)
+    del total
+    helical = helical_rotations(opts.nr_helical_asu, opts.helical_twist) if opts.nr_helical_asu >= 2 else None
+    with numba_threads(run.threads):
+        vol = reconstruct_grid(data, weight, run.grid, opts, data_dim, angpix, point_group_operators(opts.sym),
+                               helical, fsc=fsc, workers=run.threads)
     write_mrc(opts.o, vol, angpix)
     if opts.verb > 0:
         info(f"Done! Written output map in: {opts.o}")
@@ -220,3 +229,47 @@ def reconstruct_images(opts):
                 "particles", start)
     return ReconstructResult(output=opts.o, n_particles=len(parts.names), box=n_box, pixel_size=angpix,
                              volume=vol)
+
+
+class ImageReconstruction:
+    """A run's particles, read and checked once, its padded grid, and the insertion of any group of its
+    particles. A distributed worker builds one per run and sums the groups its tasks name."""
+
+    def __init__(self, opts):
+        _check_options(opts)
+        self.opts = opts
+        self.threads = max(1, int(opts.j))
+        reader = ImageReader(opts.img)
+        self.parts, self.n_box, self.angpix, self.data_dim, self.n_all = load_particles(opts, reader)
+        n_box, angpix = self.n_box, self.angpix
+        r_max = n_box // 2 if opts.maxres < 0 else min(int(math.ceil(n_box * angpix / opts.maxres)), n_box // 2)
+        self.grid = Grid.create(n_box, opts.pad, r_max, opts.r_min_nn)
+        self.insertion = GridInsertion(opts, self.parts, self.grid, n_box, angpix, self.data_dim, reader,
+                                       self.threads)
+
+    def groups(self):
+        """[(first particle, end particle)] of the groups: at most IMAGE_GROUPS, of at least BATCH_SIZE
+        particles (from the particle count alone)."""
+        n = len(self.parts.names)
+        bounds = batch_bounds(n, max(BATCH_SIZE, -(-n // IMAGE_GROUPS)))
+        return [(int(bounds[g]), int(bounds[g + 1])) for g in range(len(bounds) - 1)]
+
+    def accumulator(self):
+        """A zeroed insertion accumulator of the padded grid."""
+        return self.grid.accumulator()
+
+    def sum_group(self, group, out):
+        """Add the particles of ``group`` to ``out`` (zeroed by the caller)."""
+        with numba_threads(self.threads):
+            return self.insertion.insert(*group, out)
+
+    def close(self):
+        pass
+
+
+def _sum_groups_here(run, groups):
+    """The group sums, in order, computed in this process."""
+    out = run.accumulator()
+    for group in groups:
+        out.fill(0.0)
+        yield run.sum_group(group, out)

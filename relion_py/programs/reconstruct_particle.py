@@ -32,8 +32,8 @@ from ..runtime.job_control import check_abort, count_finished
 from ..runtime.log import info, warn
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import ProjectInputs, check_supported, option
-from ..runtime.parallel import PerThread
-from ..runtime.partition import OrderedReduction, batch_bounds
+from ..runtime.parallel import PerThread, numba_threads
+from ..runtime.partition import OrderedReduction, batch_bounds, group_bounds
 from ..runtime.progress import Progress, summary
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
@@ -141,48 +141,127 @@ def accumulator_count(opts, s):
     return j_out
 
 
-def reconstruct_particle(opts, command=None):
+def reconstruct_particle(opts, command=None, sum_groups=None):
     """Run relion_tomo_reconstruct_particle with ``opts`` (a :class:`ReconstructParticleOptions`); returns a
-    :class:`ReconstructParticleResult`."""
-    start_time = time.monotonic()
-    square = _validate(opts)
-    s = opts.b
-    n_acc = accumulator_count(opts, s)
-    threads = max(1, min(max(opts.j, opts.j_out * opts.j_in), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
-    out_dir = opts.o if opts.o.endswith("/") else opts.o + "/"
-    files = OptimisationSet.from_arguments(opts.i, opts.p, opts.t, opts.mot)
-    tomograms = TomogramSet(files.tomograms)
-    try:
-        particles = ParticleSet(files.particles, tomograms)
-        trajectories = Trajectories(files.trajectories) if files.trajectories else None
-        halves_of = _half_sets(particles)
-        n_half = 2 if halves_of is not None else 1
-        pixel_size = tomograms.tomograms[0].pixel_size * opts.bin      # px_out: the FIRST tomogram's
-        operators = _symmetry_operators(opts, pixel_size)
-        geoms = {}
-        for tomo in tomograms:
-            rows = particles.rows_of(tomo.name)
-            if len(rows):
-                geoms[tomo.name] = particle_geometry(particles, rows, tomo, True, s / 2.0, -1.0, trajectories)
-        n_visible = sum(int(g.visible.any(axis=1).sum()) for g in geoms.values())
-        n_slices = sum(int(g.visible.sum()) for g in geoms.values())
-        if n_slices == 0:
-            raise RelionPyError("no particle is visible in any tilt image (every particle is closer than "
-                                f"--b/2 = {s / 2} px to an image edge): nothing to reconstruct")
-        n_hidden = len(particles) - n_visible
-        if n_hidden:
-            warn(f"{n_hidden} particle(s) are not visible in any tilt image and contribute nothing.")
+    :class:`ReconstructParticleResult`.
 
-        refuse_overwriting_inputs(_output_files(out_dir), tomograms.files() + [
-            files.particles, files.trajectories, files.manifolds, files.tomograms, opts.i])
+    ``sum_groups``: None sums every group of particles here, on --j threads; otherwise a callable
+    ``sum_groups(run, groups)`` that yields the sums of ``groups`` ((tomogram index, first batch, end batch)
+    tuples, :meth:`ParticleReconstruction.groups`) in that order — :mod:`relion_py.distributed.reconstruct`
+    computes them on a Dask cluster. The output does not depend on who sums the groups."""
+    start_time = time.monotonic()
+    run = ParticleReconstruction(opts)
+    try:
+        out_dir = opts.o if opts.o.endswith("/") else opts.o + "/"
+        refuse_overwriting_inputs(_output_files(out_dir), run.input_files())
         with tidy_on_failure(out_dir):
             check_writable_folder(out_dir)
-            return _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms, particles,
-                                     halves_of, n_half, pixel_size, operators, geoms, n_visible, n_slices,
-                                     start_time)
+            return _reconstruct_into(run, command, out_dir, start_time, sum_groups or _sum_groups_here)
     finally:
-        tomograms.close()
+        run.close()
+
+
+class ParticleReconstruction:
+    """A run's inputs, read and checked once (tomograms, particles, half sets, visibility, aberrations), and the
+    backprojection of any group of its particles (``processTomograms`` without the checkpoints). A distributed
+    worker builds one per run and sums the groups its tasks name."""
+
+    def __init__(self, opts):
+        self.opts = opts
+        self.square = _validate(opts)
+        s = opts.b
+        self.n_acc = accumulator_count(opts, s)
+        self.threads = max(1, min(max(opts.j, opts.j_out * opts.j_in), numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(self.threads)
+        self.files = OptimisationSet.from_arguments(opts.i, opts.p, opts.t, opts.mot)
+        self.tomograms = TomogramSet(self.files.tomograms)
+        try:
+            self._read(opts, s)
+        except BaseException:
+            self.tomograms.close()
+            raise
+        self._prepared = None          # (tomogram index, _TomogramBackprojection) of the last tomogram used
+
+    def _read(self, opts, s):
+        particles = self.particles = ParticleSet(self.files.particles, self.tomograms)
+        trajectories = Trajectories(self.files.trajectories) if self.files.trajectories else None
+        self.halves_of = _half_sets(particles)
+        self.n_half = 2 if self.halves_of is not None else 1
+        self.pixel_size = self.tomograms.tomograms[0].pixel_size * opts.bin      # px_out: the FIRST tomogram's
+        self.operators = _symmetry_operators(opts, self.pixel_size)
+        self.geoms = {}
+        for tomo in self.tomograms:
+            rows = particles.rows_of(tomo.name)
+            if len(rows):
+                self.geoms[tomo.name] = particle_geometry(particles, rows, tomo, True, s / 2.0, -1.0, trajectories)
+        self.n_visible = sum(int(g.visible.any(axis=1).sum()) for g in self.geoms.values())
+        self.n_slices = sum(int(g.visible.sum()) for g in self.geoms.values())
+        if self.n_slices == 0:
+            raise RelionPyError("no particle is visible in any tilt image (every particle is closer than "
+                                f"--b/2 = {s / 2} px to an image edge): nothing to reconstruct")
+        n_hidden = len(particles) - self.n_visible
+        if n_hidden:
+            warn(f"{n_hidden} particle(s) are not visible in any tilt image and contribute nothing.")
+        self.aberrations = aberration_tables(particles.optics, s, self.pixel_size)
+
+    def input_files(self):
+        files = self.files
+        return self.tomograms.files() + [files.particles, files.trajectories, files.manifolds, files.tomograms,
+                                         self.opts.i]
+
+    def close(self):
+        self.tomograms.close()
+
+    def accumulator(self):
+        """A zeroed accumulator: (H, s, s, s//2+1, 3) float64, [..., (Re D, Im D, W)] per half set."""
+        s = self.opts.b
+        return np.zeros((self.n_half, s, s, s // 2 + 1, 3))
+
+    def visible_particles(self, tt):
+        """Particles of tomogram ``tt`` visible in at least one tilt image."""
+        geom = self.geoms.get(self.tomograms.tomograms[tt].name)
+        return 0 if geom is None else int(geom.visible.any(axis=1).sum())
+
+    def groups(self, tt):
+        """The groups of tomogram ``tt`` (``relion_py.runtime.partition``): [(tt, first batch, end batch)]."""
+        n = self.visible_particles(tt)
+        if n == 0:
+            return []
+        bounds = group_bounds(len(batch_bounds(n)) - 1)
+        return [(tt, int(bounds[g]), int(bounds[g + 1])) for g in range(len(bounds) - 1)]
+
+    def group_particles(self, tt, first, end):
+        """Number of particles in batches first:end of tomogram ``tt``."""
+        batches = batch_bounds(self.visible_particles(tt))
+        return int(batches[end] - batches[first])
+
+    def sum_group(self, group, out, reduction):
+        """Add the sum of ``group``'s batches (each batch summed into its own zeroed accumulator, the batch
+        sums added in order) to ``out`` (zeroed by the caller), on ``reduction``'s threads."""
+        tt, first, end = group
+        if self._prepared is None or self._prepared[0] != tt:
+            self._prepared = None                  # the previous tomogram's buffers go before the next's come
+            self._prepared = (tt, _TomogramBackprojection(self, tt))
+        tomo = self._prepared[1]
+
+        def backproject_batch(b, acc):
+            tomo.backproject(tomo.batches[first + b], tomo.batches[first + b + 1], acc)
+        try:
+            with numba_threads(self.threads):
+                reduction.run(out, backproject_batch, end - first, self.threads,
+                              done=lambda b: check_abort(self.opts.pipeline_control))
+        except NonFinitePixels as e:
+            raise e.naming(self.tomograms.tomograms[tt]) from None
+        return out
+
+
+def _sum_groups_here(run, groups):
+    """The group sums, in order, computed in this process on --j threads (--j_out batches in flight)."""
+    out = run.accumulator()
+    reduction = OrderedReduction(out, min(run.n_acc, run.threads))
+    for group in groups:
+        out.fill(0.0)
+        yield run.sum_group(group, out, reduction)
 
 
 def _output_files(out_dir):
@@ -192,52 +271,44 @@ def _output_files(out_dir):
                                      for kind, end in (("data_", ""), ("weight_", ""), ("", "_full"), ("", ""))]
 
 
-def _reconstruct_into(opts, command, square, threads, n_acc, out_dir, tomograms, particles, halves_of, n_half,
-                      pixel_size, operators, geoms, n_visible, n_slices, start_time):
+def _reconstruct_into(run, command, out_dir, start_time, sum_groups):
     """Backprojection with per-tomogram checkpoints, then the maps, into ``out_dir`` (which exists)."""
-    s = opts.b
+    opts = run.opts
     os.makedirs(out_dir + "temp", exist_ok=True)
     remove_stale_temporaries(out_dir)
     remove_stale_temporaries(out_dir + "temp")
     if not opts.pipeline_control:                       # RELION skips note.txt under pipeline control
         _write_note(out_dir, command or command_line(opts))
-    sh = s // 2 + 1
-    total = np.zeros((n_half, s, s, sh, 3))          # [..., (Re D, Im D, W)]
-    reduction = OrderedReduction(total, min(n_acc, threads))
-    aberrations = aberration_tables(particles.optics, s, pixel_size)
+    total = run.accumulator()
     tmp_root = out_dir + "temp/sum_"
     start, previous = 0, -1
     if opts.only_do_unfinished:
-        start, previous = _resume(tmp_root, len(tomograms), total)
-    for tt in range(start, len(tomograms)):
-        check_abort(opts.pipeline_control)
-        tomo = tomograms.tomograms[tt]
-        geom = geoms.get(tomo.name)
-        if geom is None:
-            continue
-        try:
-            _backproject_tomogram(opts, square, threads, tomo, tt, len(tomograms), particles, geom, halves_of,
-                                  pixel_size, aberrations, reduction)
-        except NonFinitePixels as e:
-            raise e.naming(tomo) from None
-        if not opts.no_backup:
-            _write_checkpoint(tmp_root, tt, total)
-            count_finished(1, "tomograms (checkpoints in temp/)")
-            if previous > -1:
-                _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
-            previous = tt
+        start, previous = _resume(tmp_root, len(run.tomograms), total)
+    check_abort(opts.pipeline_control)
+    groups = [g for tt in range(start, len(run.tomograms)) for g in run.groups(tt)]
+    with Progress("Backprojecting", sum(run.group_particles(*g) for g in groups)) as bar:
+        for (tt, first, end), group_sum in zip(groups, sum_groups(run, groups)):
+            total += group_sum
+            bar.advance(run.group_particles(tt, first, end))
+            check_abort(opts.pipeline_control)
+            if end == len(batch_bounds(run.visible_particles(tt))) - 1 and not opts.no_backup:
+                _write_checkpoint(tmp_root, tt, total)             # the tomogram's last group is in
+                count_finished(1, "tomograms (checkpoints in temp/)")
+                if previous > -1:
+                    _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
+                previous = tt
     maps = []
     if not opts.no_recon:
         data = total[..., 0] + 1j * total[..., 1]
         weight = total[..., 2].copy()
-        del total, reduction
-        maps = _finalise(opts, out_dir, data, weight, operators, pixel_size, threads)
+        del total
+        maps = _finalise(opts, out_dir, data, weight, run.operators, run.pixel_size, run.threads)
         _remove(glob.glob(tmp_root + "*.mrc"))
-    n_hidden = len(particles) - n_visible
-    summary(f"{n_visible} particles backprojected ({n_slices} tilt images), {n_hidden} not visible in any "
-            f"tilt image; {len(maps)} maps written to {out_dir}", n_visible, "particles", start_time)
-    return ReconstructParticleResult(output_dir=out_dir, maps=maps, n_particles=n_visible,
-                                     n_slices=n_slices, pixel_size=pixel_size)
+    n_hidden = len(run.particles) - run.n_visible
+    summary(f"{run.n_visible} particles backprojected ({run.n_slices} tilt images), {n_hidden} not visible in "
+            f"any tilt image; {len(maps)} maps written to {out_dir}", run.n_visible, "particles", start_time)
+    return ReconstructParticleResult(output_dir=out_dir, maps=maps, n_particles=run.n_visible,
+                                     n_slices=run.n_slices, pixel_size=run.pixel_size)
 
 
 def _write_note(out_dir, words):
@@ -273,48 +344,50 @@ def _symmetry_operators(opts, pixel_size):
     return tomo_symmetry_matrices(opts.sym, opts.nr_helical_asu, twist, rise / pixel_size)
 
 
-def _backproject_tomogram(opts, square, threads, tomo, tt, n_tomo, particles, geom, halves_of, pixel_size,
-                          aberrations, reduction):
-    """``processTomograms`` for one tomogram: re-extract, weight and insert every visible tilt image, one
-    batch of particles per worker thread (``relion_py.runtime.partition``: each batch into its own
-    accumulator, batches added to ``reduction``'s total in order)."""
-    s = opts.b
-    # data and weights are zeroed beyond the dose cut-off, and c, c·c formed in float32
-    weighting = tilt_weighting(tomo, s, opts.bin, aberrations, not opts.no_ctf, opts.whiten, threads,
-                               cutoff_fraction=opts.cutoff_fract, zero_beyond_x_ranges=True, float32_ctf=True)
-    binned_ps = weighting.pixel_size
-    halves = halves_of[geom.rows] if halves_of is not None else np.zeros(len(geom.rows), np.int64)
-    pose = particles.subtomogram_matrices(geom.rows) @ particles.particle_matrices(geom.rows)
-    proj = (pixel_size / binned_ps) * tomo.projections[:, :3, :3]
-    selection = np.flatnonzero(geom.visible.any(axis=1))
-    bounds, items, ctf_params, groups = particle_tilt_items(tomo, particles, geom, selection, square, opts.bin, s)
-    q = slice_matrices(proj[items.frame] @ pose[items.particle])
-    info(f"Tomogram {tt + 1} / {n_tomo}: {tomo.name}, {len(selection)} particles, {int(bounds[-1])} tilt images")
-    workspaces = PerThread(lambda: _Workspace(tomo.n_frames, square, s))
+class _TomogramBackprojection:
+    """``processTomograms`` for one tomogram: its weights and particle tilt images, and the re-extraction,
+    weighting and insertion of any range of its visible particles (``relion_py.runtime.partition``'s
+    batches, ``batches[k]:batches[k + 1]``)."""
 
-    def backproject(k, acc):
-        part = slice(bounds[k], bounds[k + 1])
-        mine = items[part]
+    def __init__(self, run, tt):
+        opts, s = run.opts, run.opts.b
+        tomo = self.tomo = run.tomograms.tomograms[tt]
+        geom = run.geoms[tomo.name]
+        self.opts, self.square = opts, run.square
+        # data and weights are zeroed beyond the dose cut-off, and c, c·c formed in float32
+        self.weighting = tilt_weighting(tomo, s, opts.bin, run.aberrations, not opts.no_ctf, opts.whiten,
+                                        run.threads, cutoff_fraction=opts.cutoff_fract, zero_beyond_x_ranges=True,
+                                        float32_ctf=True)
+        binned_ps = self.weighting.pixel_size
+        self.halves = (run.halves_of[geom.rows] if run.halves_of is not None
+                       else np.zeros(len(geom.rows), np.int64))
+        pose = run.particles.subtomogram_matrices(geom.rows) @ run.particles.particle_matrices(geom.rows)
+        proj = (run.pixel_size / binned_ps) * tomo.projections[:, :3, :3]
+        selection = np.flatnonzero(geom.visible.any(axis=1))
+        self.bounds, self.items, self.ctf_params, self.groups = particle_tilt_items(
+            tomo, run.particles, geom, selection, run.square, opts.bin, s)
+        self.q = slice_matrices(proj[self.items.frame] @ pose[self.items.particle])
+        self.batches = batch_bounds(len(selection))
+        info(f"Tomogram {tt + 1} / {len(run.tomograms)}: {tomo.name}, {len(selection)} particles, "
+             f"{int(self.bounds[-1])} tilt images")
+        self.workspaces = PerThread(lambda: _Workspace(tomo.n_frames, run.square, s))
+
+    def backproject(self, first, end, acc):
+        """Insert visible particles first:end, in order, into ``acc`` (H, s, s, s//2+1, 3)."""
+        for k in range(first, end):
+            self._backproject_particle(k, acc)
+
+    def _backproject_particle(self, k, acc):
+        part = slice(self.bounds[k], self.bounds[k + 1])
+        mine = self.items[part]
         n = len(mine.frame)
-        ws = workspaces.get()
+        ws = self.workspaces.get()
         # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5) unless --no_circle_crop
-        spectra = extract_spectra(tomo.images, mine, ws.fft, not opts.no_circle_crop)
-        slices, slice_w = weight_spectra(spectra, weighting, mine.shifts, mine.frame, groups[part], ctf_params[part],
-                                         False, out=ws.slices[:n], out_weights=ws.weights[:n])
-        insert_slices_backward(acc[None], slices, slice_w, q[part], weighting.x_ranges[mine.frame, 0],
-                               halves[mine.particle], np.array([0, n]))
-
-    batches = batch_bounds(len(selection))
-
-    def backproject_batch(b, acc):
-        for k in range(batches[b], batches[b + 1]):
-            backproject(k, acc)
-
-    with Progress(f"Backprojecting {tomo.name}", len(selection)) as bar:
-        def added(b):
-            bar.advance(int(batches[b + 1] - batches[b]))
-            check_abort(opts.pipeline_control)
-        reduction.run(backproject_batch, len(batches) - 1, threads, done=added)
+        spectra = extract_spectra(self.tomo.images, mine, ws.fft, not self.opts.no_circle_crop)
+        slices, slice_w = weight_spectra(spectra, self.weighting, mine.shifts, mine.frame, self.groups[part],
+                                         self.ctf_params[part], False, out=ws.slices[:n], out_weights=ws.weights[:n])
+        insert_slices_backward(acc[None], slices, slice_w, self.q[part], self.weighting.x_ranges[mine.frame, 0],
+                               self.halves[mine.particle], np.array([0, n]))
 
 
 class _Workspace:

@@ -9,6 +9,9 @@ chosen here, once.
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import numba
 
 #: tasks in flight per worker: enough to keep every worker busy while results are consumed in order
 AHEAD = 3
@@ -34,6 +37,18 @@ def map_in_order(fn, n_tasks, threads):
         finally:
             for future in pending:
                 future.cancel()
+
+
+@contextmanager
+def numba_threads(n):
+    """Numba's thread count for its parallel kernels, within the block (the setting belongs to the calling
+    thread: a Dask worker's task thread sets its own)."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
 
 
 class PerThread:

@@ -9,11 +9,16 @@ grouping would follow thread timing and thread count. Here the data alone fix it
 1. the particles of a tomogram, in STAR-file order, are cut into consecutive batches whose size depends on
    the particle count only (the last one may be shorter) — :func:`batch_bounds`;
 2. each batch is summed into its own zeroed accumulator, its particles in order;
-3. the batch sums are added to the running total in batch order (tomograms in tomograms.star order,
-   batches in index order): total = ((0 + b₀) + b₁) + b₂ … — :class:`OrderedReduction`.
+3. consecutive batches form groups of at most GROUP_BATCHES (:func:`group_bounds`); the batch sums of a group
+   are added, in batch order, to the group's zeroed accumulator: g = ((0 + b₀) + b₁) + … —
+   :class:`OrderedReduction`;
+4. the group sums are added to the run's total in order (tomograms in tomograms.star order, groups in index
+   order): total = ((0 + g₀) + g₁) + ….
 
-Threads (or distributed tasks) only decide *who* computes a batch, never what is added to what. A
-distributed task returns its batches' partial accumulators; the caller reduces them in the same order.
+Threads only decide *who* computes a batch, and distributed tasks (one per group) *where* a group is summed,
+never what is added to what: a task returns its group's sum and the client adds the sums in order, exactly as
+the single-process run adds its own. (Level 4 costs one more accumulator and one pass over it per group; it
+is what lets a task send one accumulator instead of one per batch.)
 """
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +32,8 @@ import numpy as np
 #: MAX_BATCHES of them per tomogram, whatever its particle count.
 BATCH_SIZE = 8
 MAX_BATCHES = 32
+#: Batches per group (per distributed task): at most MAX_BATCHES / GROUP_BATCHES tasks per tomogram.
+GROUP_BATCHES = 8
 
 
 def batch_bounds(n_items, batch_size=None):
@@ -38,17 +45,21 @@ def batch_bounds(n_items, batch_size=None):
     return np.append(np.arange(0, n_items, batch_size, dtype=np.int64), np.int64(n_items))
 
 
-class OrderedReduction:
-    """Sum per-batch accumulators into ``total`` in batch order, computing the batches on threads.
+def group_bounds(n_batches):
+    """Batch index bounds of the groups of ``n_batches`` batches (as :func:`batch_bounds` for batches)."""
+    return batch_bounds(n_batches, GROUP_BATCHES)
 
-    ``buffers`` private accumulators (each shaped like ``total``) bound the memory: at most that many
+
+class OrderedReduction:
+    """Sum per-batch accumulators into a total in batch order, computing the batches on threads.
+
+    ``buffers`` private accumulators (each shaped like ``like``) bound the memory: at most that many
     batches are in flight, each in its own buffer, which is free again once its batch has been added to the
     total (RELION's --j_out accumulators play this part, and --mem limits their number the same way).
     """
 
-    def __init__(self, total, buffers):
-        self.total = total
-        self._buffers = [np.empty_like(total) for _ in range(max(1, int(buffers)))]
+    def __init__(self, like, buffers):
+        self._buffers = [np.empty_like(like) for _ in range(max(1, int(buffers)))]
 
     def _batch(self, accumulate, k, index):
         acc = self._buffers[index]
@@ -56,17 +67,17 @@ class OrderedReduction:
         accumulate(k, acc)
         return index
 
-    def run(self, accumulate, n_batches, threads, done=None):
+    def run(self, total, accumulate, n_batches, threads, done=None):
         """Call ``accumulate(k, acc)`` for every batch k (acc: a zeroed accumulator to add batch k into) on
-        ``threads`` threads, and add the results to the total in batch order, calling ``done(k)`` after
+        ``threads`` threads, and add the results to ``total`` in batch order, calling ``done(k)`` after
         batch k has been added. An exception in ``accumulate`` is re-raised here, and no further batch
-        starts."""
+        starts. Returns ``total``."""
         if threads <= 1 or len(self._buffers) == 1:
             for k in range(n_batches):
-                self.total += self._buffers[self._batch(accumulate, k, 0)]
+                total += self._buffers[self._batch(accumulate, k, 0)]
                 if done is not None:
                     done(k)
-            return self.total
+            return total
         free = list(range(len(self._buffers)))
         pending = deque()              # futures of the batches in flight, oldest first
         added = 0
@@ -74,7 +85,7 @@ class OrderedReduction:
         def add_oldest():
             nonlocal added
             index = pending.popleft().result()
-            self.total += self._buffers[index]
+            np.add(total, self._buffers[index], out=total)
             free.append(index)
             if done is not None:
                 done(added)
@@ -91,4 +102,4 @@ class OrderedReduction:
             finally:
                 for future in pending:
                     future.cancel()
-        return self.total
+        return total

@@ -13,14 +13,13 @@ import numpy as np
 import scipy.fft
 
 from ...runtime.errors import RelionPyError
-from ...runtime.progress import Progress
 from ..ctf import astigmatism_form, ctf_constants, ctf_image
 from .fftw_arrays import center_fft_by_sign, shift_fourier, window_fourier_transform
 from .insertion import SlabEntries, backproject_2d_to_3d, backrotate_3d
 from .macros import relion_round
 from .mask import soft_mask_outside_map
 from .matrix2d import inverse_3x3
-from .padded_grid import new_accumulator, split_accumulator
+from .padded_grid import new_accumulator
 from .projector import decenter, gridding_correct
 from .reconstruct import add_map_term, blob_multiply, fsc_tau2, ft_blob_table, gridding_update, radial_floor_divide
 from .symmetrise import apply_helical_symmetry, apply_point_group_symmetry, enforce_hermitian_symmetry
@@ -225,36 +224,40 @@ ENTRY_BUFFER_BYTES = 256 * 2**20
 SLAB_BYTES = 2**20
 
 
-def backproject_all(opts, parts, grid, n_box, angpix, data_dim, reader, threads):
-    """Insert every selected particle into one accumulator.
+class GridInsertion:
+    """Insertion of ranges of particles into an accumulator.
 
     Particles go through in chunks of ``threads``: read, transform and weigh them in parallel
     (``ParticleInserter.prepare``), count their entries per slab, reserve buffer room in particle order, resolve
     them in parallel, and when the buffer is full insert the whole batch slab by slab
     (``SlabEntries.insert``). The result does not depend on the number of threads.
     """
-    inserter = ParticleInserter(opts, parts, grid, n_box, angpix, data_dim, reader)
-    n = len(parts.names)
-    acc = grid.accumulator()
-    plane = acc.shape[1] * acc.shape[2] * 24
-    buf = SlabEntries(acc.shape[:3], max(2, SLAB_BYTES // plane), ENTRY_BUFFER_BYTES // 48)
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
-    def run(func, items):
-        if pool is None:
-            return [func(*item) for item in items]
-        return list(pool.map(lambda item: func(*item), items))
+    def __init__(self, opts, parts, grid, n_box, angpix, data_dim, reader, threads):
+        self.inserter = ParticleInserter(opts, parts, grid, n_box, angpix, data_dim, reader)
+        pad = grid.pad
+        shape = (pad, pad, pad // 2 + 1)
+        self.buf = SlabEntries(shape, max(2, SLAB_BYTES // (shape[1] * shape[2] * 24)), ENTRY_BUFFER_BYTES // 48)
+        self.threads = threads
 
-    def prepare(p):
-        f, fctf = inserter.prepare(p)
-        return p, f, fctf, inserter.count(p, f, fctf, buf)
+    def insert(self, first, end, acc):
+        """Add particles first:end, in order, to ``acc`` (an insertion accumulator of the grid)."""
+        inserter, buf, threads = self.inserter, self.buf, self.threads
+        pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
-    try:
-        with Progress("Back-projecting", n) as bar:
-            for first in range(0, n, threads):
-                prepared = run(prepare, [(p,) for p in range(first, min(n, first + threads))])
+        def run(func, items):
+            if pool is None:
+                return [func(*item) for item in items]
+            return list(pool.map(lambda item: func(*item), items))
+
+        def prepare(p):
+            f, fctf = inserter.prepare(p)
+            return p, f, fctf, inserter.count(p, f, fctf, buf)
+
+        try:
+            for chunk in range(first, end, threads):
                 todo = []
-                for p, f, fctf, counts in prepared:
+                for p, f, fctf, counts in run(prepare, [(p,) for p in range(chunk, min(end, chunk + threads))]):
                     starts = buf.reserve(counts)
                     if starts is None:                       # buffer full: flush the batch
                         run(inserter.fill, todo)
@@ -266,12 +269,11 @@ def backproject_all(opts, parts, grid, n_box, angpix, data_dim, reader, threads)
                     else:
                         todo.append((p, f, fctf, buf, starts))
                 run(inserter.fill, todo)
-                bar.advance(len(prepared))
             buf.insert(acc)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    return split_accumulator(acc)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        return acc
 
 
 def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, symmetry, helical=None, fsc=None, workers=1):
