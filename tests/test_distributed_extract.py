@@ -86,7 +86,7 @@ def test_failing_task_gives_the_single_process_error(project, capsys):
 
 
 def test_no_dask_import_on_the_single_process_path():
-    out = subprocess.run([sys.executable, "-c", "import sys, relion_py.cli.extract, relion_py.programs.subtomo; "
+    out = subprocess.run([sys.executable, "-c", "import sys, relion_py.cli.extract, relion_py.cli.reconstruct, relion_py.cli.portal; "
                           "print(any(m.split('.')[0] in ('dask', 'distributed') for m in sys.modules))"],
                          capture_output=True, text=True, check=True, env={**os.environ})
     assert out.stdout.strip() == "False"

@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from cluster_helpers import assert_same_files
 from conftest import compare_with_relion, working_directory
 from conftest_portal import CHUNKS
 from portal_server import PortalServer
@@ -280,6 +281,29 @@ def test_one_shot_extraction_equals_local(portal, tmp_path, monkeypatch, args, o
     assert nbytes <= 2 * under_bytes
     print(f"{out}: fetched {nbytes} B = {nbytes / under_bytes:.3f} x the {under_bytes} B of chunks under the "
           f"particle windows = {nbytes / whole:.1%} of the tilt series ({whole} B)")
+
+
+def test_one_shot_extraction_on_a_cluster(portal, tmp_path, monkeypatch):
+    """relion-py-portal … -- … --workers 2: the workers fetch the zarr chunks themselves (each chunk at most
+    once per worker, only chunks the single-process run fetches) and write the single-process files."""
+    from collections import Counter
+
+    import relion_py.distributed.extract as distributed_extract
+    monkeypatch.setattr(distributed_extract, "BATCH", 2)        # 3 tasks per tilt series, over both workers
+    argv = ["--url", portal.server.graphql_url, "--run_ids", "100,200", "--object", OBJECT_NAME, "--ground_truth",
+            "--o", "project/", "--", "--o", "Extract/"] + EXTRACT_2D
+    chunks = {}
+    for run, flags in (("single", []), ("cluster", ["--workers", "2"])):
+        portal.server.reset()
+        os.makedirs(tmp_path / run)
+        with working_directory(tmp_path / run):
+            assert portal_main(argv + flags) == 0
+        chunks[run] = Counter(r.path for r in portal.server.requests("/TiltSeries/")
+                              if "." not in r.path.rsplit("/", 1)[1])
+    assert_same_files(tmp_path / "single" / "Extract", tmp_path / "cluster" / "Extract")
+    assert set(chunks["cluster"]) == set(chunks["single"]) and max(chunks["single"].values()) == 1
+    assert max(chunks["cluster"].values()) <= 2
+    print(f"cluster: {sum(chunks['cluster'].values())} chunk requests for {len(chunks['single'])} chunks")
 
 
 def test_remote_extraction_reads_only_visible_windows(portal, tmp_path, monkeypatch):
