@@ -22,8 +22,8 @@ ANCHORS = HERE / "relion_anchors.json"
 
 def pytest_collect_file(file_path, parent):
     """Collect ``bench_*.py`` (pytest's default is ``test_*.py``), so that ``pytest bench/`` runs them."""
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
-        return pytest.Module.from_parent(parent, path=file_path)
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
+        return pytest.Module.from_parent(parent, path=file_path)    # a file named on the command line: pytest's own
     return None
 
 

@@ -13,7 +13,8 @@ from .extract import run_extraction
 
 PROG = "relion-py-portal"
 DESCRIPTION = """Write a RELION 5 project (tomograms.star, tilt_series/*.star, particles.star with one optics
-group per tilt series, optimisation_set.star) for point annotations of CryoET Data Portal runs. Only metadata
+group per tilt series, optimisation_set.star) for point annotations of CryoET Data Portal runs, or (--copick)
+for the picks of a copick project. Only metadata
 and annotation files are downloaded: relion-py-extract / relion-py-reconstruct read only the chunks they need from
 the tilt series' OME-Zarr URL; RELION reads the geometry from header-only MRC stacks (no pixels). --download
 writes the tilt series as local MRC stacks that every RELION program reads.

@@ -142,6 +142,9 @@ def tomogram_size(source):
     dims = (a.volume_x_dimension, a.volume_y_dimension, a.volume_z_dimension)
     if all(d for d in dims):
         return tuple(int(round(d / ps)) for d in dims)
+    if not source.annotation_files:
+        raise RelionPyError(f"alignment {a.id} (run {source.run.name}) has no reconstruction volume size: the "
+                            "particle coordinates cannot be centred")
     _, _, size, spacing = source.annotation_files[0]
     return tuple(int(round(n * spacing / ps)) for n in size)
 

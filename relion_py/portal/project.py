@@ -29,6 +29,7 @@ from .query import select
 SEL = "Selection"
 REL = "Values the portal does not hold"
 IO = "Input and output"
+COPICK = "copick projects as the source of particles"
 HEADER_ONLY_WARNING = (
     "WARNING: tilt_series/*.mrcs are HEADER-ONLY MRC files (1024 bytes: the portal stack's size and pixel "
     "size, no pixels). RELION programs that read only geometry (relion_refine, "
@@ -44,7 +45,8 @@ class PortalOptions:
 
     run_ids: str = option("", "Run ids, comma-separated", SEL)
     dataset_ids: str = option("", "Dataset ids, comma-separated (all their runs)", SEL)
-    object: str = option(None, "Annotation object name, e.g. 'cytosolic ribosome'", SEL, required=True)
+    object: str = option(None, "Annotation object name, e.g. 'cytosolic ribosome' (with --copick: the copick "
+                         "pickable object)", SEL, required=True)
     inexact_match: bool = option(False, "Match object names containing --object, ignoring case", SEL)
     ground_truth: bool = option(False, "Only annotations marked as ground truth", SEL)
     automated_only: bool = option(False, "Only automated annotations (method type 'automated')", SEL)
@@ -57,6 +59,13 @@ class PortalOptions:
     tiltseries_id: int = option(None, "Only this tilt series", SEL)
     alignment_id: int = option(None, "Only annotation files on this alignment", SEL)
     voxel_spacing: float = option(None, "Only annotation files of tomograms at this voxel spacing (Å)", SEL)
+    copick: str = option("", "Particles from the picks of this copick project (configuration file) instead of "
+                         "the portal's annotations: a local project with --tomograms, or one backed by the "
+                         "portal (its runs' tilt series come from the portal)", COPICK, metavar="CONFIG")
+    user_id: str = option("", "copick picks of this user only", COPICK)
+    session_id: str = option("", "copick picks of this session only", COPICK)
+    tomograms: str = option("", "With a local copick project: the RELION tomograms.star of its tilt series "
+                            "(rlnTomoName = copick run name)", COPICK)
     amplitude_contrast: float = option(0.07, "rlnAmplitudeContrast of every tilt series", REL)
     hand: float = option(-1.0, "rlnTomoHand of every tilt series (+1 or -1)", REL)
     s3: bool = option(False, "Name tilt images by their s3:// URL (anonymous S3) instead of https://", IO)
@@ -95,21 +104,36 @@ def tomogram_names(sources):
 
 
 def make_portal_project(opts, command=None):
-    """Query the portal, write the project (see the module doc) and return a :class:`PortalProject`.
+    """Query the portal (or read the copick project of --copick), write the project (see the module doc) and
+    return a :class:`PortalProject`.
 
     ``command``: the command line, recorded in ``note.txt``.
     """
-    run_ids, dataset_ids = _ids(opts.run_ids, "run_ids"), _ids(opts.dataset_ids, "dataset_ids")
     if not 0.0 <= opts.amplitude_contrast < 1.0:
         raise RelionPyError(f"--amplitude_contrast {opts.amplitude_contrast}: must be in [0, 1)")
     if opts.hand not in (1.0, -1.0):
         raise RelionPyError(f"--hand {opts.hand}: must be 1 or -1")
+    if opts.copick:
+        from .copick_project import make_copick_project      # copick only when asked for
+        return make_copick_project(opts, command)
     client = cdp.Client(url=opts.url or None)
-    sources = select(client, run_ids, dataset_ids, opts.object, opts.inexact_match, opts.ground_truth,
-                     opts.automated_only, opts.tiltseries_id, opts.alignment_id, opts.voxel_spacing,
+    sources = select(client, _ids(opts.run_ids, "run_ids"), _ids(opts.dataset_ids, "dataset_ids"), opts.object,
+                     opts.inexact_match, opts.ground_truth, opts.automated_only, opts.tiltseries_id,
+                     opts.alignment_id, opts.voxel_spacing,
                      [n for n in opts.run_names.split(",") if n.strip()] if opts.run_names else [],
                      _ids(opts.deposition_ids, "deposition_ids"), _ids(opts.annotation_ids, "annotation_ids"),
                      _ids(opts.tomogram_ids, "tomogram_ids"))
+
+    def annotated_points(source, size, pixel_size):
+        return [read_points(text, vox, spacing, f"annotation file {f.https_path}")
+                for f, text, vox, spacing in source.annotation_files]
+    return write_portal_project(opts, sources, annotated_points, command)
+
+
+def write_portal_project(opts, sources, points_of, command):
+    """Write the project of ``sources`` (:class:`relion_py.portal.query.TomogramSource`, one per tomogram);
+    ``points_of(source, size, pixel_size)`` gives the tomogram's particles as [(centred coordinates (n, 3) Å,
+    angles (n, 3) degrees or None)], ``size`` being rlnTomoSizeX/Y/Z and ``pixel_size`` the tilt series'."""
     out = opts.o.rstrip("/") or "."
     names = tomogram_names(sources)
     tilt_series, headers, downloads, tomograms, optics, particles = {}, {}, {}, [], [], []
@@ -144,13 +168,9 @@ def make_portal_project(opts, command=None):
             rlnTomoTiltSeriesPixelSize=ts.pixel_spacing, rlnTomoTiltSeriesStarFile=star,
             rlnTomoSizeX=size[0], rlnTomoSizeY=size[1], rlnTomoSizeZ=size[2],
             **({} if ts.tilt_axis is None else {"rlnTomoNominalTiltAxisAngle": ts.tilt_axis})))
-        optics.append(dict(rlnOpticsGroup=group, rlnOpticsGroupName=name,
-                           rlnSphericalAberration=ts.spherical_aberration_constant, rlnVoltage=voltage,
-                           rlnTomoTiltSeriesPixelSize=ts.pixel_spacing,
-                           rlnAmplitudeContrast=opts.amplitude_contrast))
-        particles.append((name, group, [read_points(text, vox, spacing, f"annotation file {f.https_path}")
-                                        for f, text, vox, spacing in source.annotation_files]))
-    table = _particle_table(particles)
+        optics.append(optics_row(group, tomograms[-1]))
+        particles.append((name, group, points_of(source, size, ts.pixel_spacing)))
+    table = particle_table(particles)
     if not len(table):
         raise RelionPyError("the selected annotation files hold no points")
     if opts.dry_run:
@@ -166,16 +186,32 @@ def make_portal_project(opts, command=None):
         with atomic_output(stack) as tmp, open(tmp, "wb") as fh:
             fh.write(header)
     write_star(f"{out}/tomograms.star", {"global": pd.DataFrame(tomograms)})
+    optimisation_set = write_particles(out, optics, table, f"{out}/tomograms.star", command,
+                                       HEADER_ONLY_WARNING if headers else "")
+    return PortalProject(optimisation_set, names, len(table))
+
+
+def optics_row(group, tomogram):
+    """particles.star's optics group ``group`` for a tomograms.star row (one group per tilt series)."""
+    return dict(rlnOpticsGroup=group, rlnOpticsGroupName=tomogram["rlnTomoName"],
+                rlnSphericalAberration=tomogram["rlnSphericalAberration"], rlnVoltage=tomogram["rlnVoltage"],
+                rlnTomoTiltSeriesPixelSize=tomogram["rlnTomoTiltSeriesPixelSize"],
+                rlnAmplitudeContrast=tomogram["rlnAmplitudeContrast"])
+
+
+def write_particles(out, optics, table, tomograms_file, command, warning=""):
+    """particles.star, optimisation_set.star (naming ``tomograms_file``) and note.txt in ``out``; returns the
+    optimisation set's path."""
     write_star(f"{out}/particles.star", {"optics": pd.DataFrame(optics), "particles": table})
     # the command as relion_py's other programs (and RELION's tomography programs) write it
     with atomic_output(os.path.join(out, "note.txt")) as tmp, open(tmp, "w") as fh:
         fh.write("Command:\n\n" + "".join(w + " " for w in command or []) + "\n")
-        if headers:
-            fh.write("\n" + HEADER_ONLY_WARNING + "\n")
+        if warning:
+            fh.write("\n" + warning + "\n")
     optimisation_set = f"{out}/optimisation_set.star"
     write_star(optimisation_set, {"optimisation_set": {"rlnTomoParticlesFile": f"{out}/particles.star",
-                                                       "rlnTomoTomogramsFile": f"{out}/tomograms.star"}})
-    return PortalProject(optimisation_set, names, len(table))
+                                                       "rlnTomoTomogramsFile": tomograms_file}})
+    return optimisation_set
 
 
 def _print_plan(names, sources, table):
@@ -193,7 +229,7 @@ def _print_plan(names, sources, table):
           "nothing written")
 
 
-def _particle_table(particles):
+def particle_table(particles):
     """particles.star's particle table from [(tomogram name, optics group, [(coords, angles | None)])]:
     angle columns if any file has orientations (the points of the other files get (0, 0, 0), the identity,
     as RELION gives particles without angles)."""

@@ -153,11 +153,38 @@ def select(client, run_ids=(), dataset_ids=(), object_name="", inexact_match=Fal
         files = [f for f in files if (f.alignment_id, f.tomogram_voxel_spacing_id) in on]
     if not files:
         raise RelionPyError("no point annotation file (ndjson, with an alignment) matches the selection")
-    return _tomogram_sources(client, runs, _one_file_per_shape(files, alignments), alignments, spacings)
+    files = _one_file_per_shape(files, alignments)
+    return _tomogram_sources(client, runs, {f.alignment_id: alignments[f.alignment_id] for f in files}, files,
+                             spacings)
 
 
-def _tomogram_sources(client, runs, files, alignments, spacings):
-    used = {f.alignment_id: alignments[f.alignment_id] for f in files}
+def select_tilt_series(client, run_ids, alignment_id=None, tiltseries_id=None):
+    """One tomogram (tilt series + alignment) per run, without annotations (the particles come from elsewhere,
+    e.g. copick picks), in run-id order: the run's alignment ``alignment_id`` (or on ``tiltseries_id``), else its
+    only alignment with a tilt series, else its portal-standard one (``Alignment.is_portal_standard``)."""
+    runs = _by_id(cdp.Run, client, set(run_ids))
+    missing = sorted(set(run_ids) - set(runs))
+    if missing:
+        raise RelionPyError(f"no run with id {', '.join(map(str, missing))} in the CryoET Data Portal")
+    alignments = _find(cdp.Alignment, client, cdp.Alignment.run_id._in(sorted(runs))) if runs else []
+    chosen = {}
+    for run_id in sorted(runs):
+        mine = [a for a in alignments if a.run_id == run_id and a.tiltseries_id is not None
+                and alignment_id in (None, a.id) and tiltseries_id in (None, a.tiltseries_id)]
+        standard = [a for a in mine if a.is_portal_standard]
+        mine = standard if len(mine) > 1 and len(standard) == 1 else mine
+        if len(mine) != 1:
+            found = ", ".join(str(a.id) for a in mine)
+            raise RelionPyError(f"run {run_id} ({runs[run_id].name}) has "
+                                f"{'several alignments (' + found + ')' if mine else 'no alignment'} with a tilt "
+                                "series" + (" matching the selection" if alignment_id or tiltseries_id else "")
+                                + ": choose one with --alignment_id")
+        chosen[mine[0].id] = mine[0]
+    return _tomogram_sources(client, runs, chosen, [], {})
+
+
+def _tomogram_sources(client, runs, used, files, spacings):
+    """TomogramSources of the alignments ``used`` ({id: cdp.Alignment}), with the annotation ``files`` on them."""
     no_ts = sorted(a.id for a in used.values() if a.tiltseries_id is None)
     if no_ts:
         raise RelionPyError(f"alignment {', '.join(map(str, no_ts))} has no tilt series")
@@ -169,7 +196,7 @@ def _tomogram_sources(client, runs, files, alignments, spacings):
     frames = _by_id(cdp.Frame, client, {s.frame_id for s in sections})
     spacing_ids = sorted({f.tomogram_voxel_spacing_id for f in files})
     tomograms = _find(cdp.Tomogram, client, cdp.Tomogram.alignment_id._in(sorted(used)),
-                      cdp.Tomogram.tomogram_voxel_spacing_id._in(spacing_ids))
+                      cdp.Tomogram.tomogram_voxel_spacing_id._in(spacing_ids)) if files else []
     texts = _fetch_texts([f.https_path for f in files])
 
     sources = {}
