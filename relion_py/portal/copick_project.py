@@ -1,7 +1,7 @@
 """``relion-py-portal --copick CONFIG``: a RELION 5 project whose particles are copick picks
 (:mod:`relion_py.portal.copick_picks`), with the tilt series of a local RELION project (``--tomograms``) or,
-for a copick project backed by the CryoET Data Portal, of the portal (the runs' portal ids; the same
-tomograms.star and tilt-series files as relion-py-portal writes for those runs)."""
+for a copick project backed by the CryoET Data Portal (or whose run names are portal run ids), of the portal (the
+same tomograms.star and tilt-series files as relion-py-portal writes for those runs)."""
 import os
 
 import cryoet_data_portal as cdp
@@ -21,7 +21,9 @@ def make_copick_project(opts, command):
         return _with_local_tilt_series(opts, chosen, command)
     portal_ids = {}
     for run, picks in chosen:
-        run_id = getattr(run, "portal_run_id", None)
+        # a run of copick's portal backend knows its portal id; in other projects a run named by a number is the
+        # portal run of that id (copick's convention for portal runs)
+        run_id = getattr(run, "portal_run_id", None) or (int(run.name) if run.name.isdigit() else None)
         if run_id is None:
             raise RelionPyError(f"copick run {run.name} is not a CryoET Data Portal run: give the tilt series of "
                                 "a local copick project with --tomograms tomograms.star")

@@ -114,3 +114,52 @@ def test_selection_errors_are_one_line(project, capsys):
                         "synthetic/tomograms.star", "--o", "X/"]) == 1
     assert "no pickable object 'ribosome'" in capsys.readouterr().err
     shutil.rmtree("X", ignore_errors=True)
+
+
+def test_portal_runs_give_relion_py_portals_project(tmp_path):
+    """A copick project whose runs are portal runs (named by their ids, as copick's portal backend names them),
+    with the portal's ground-truth points as picks converted as copick's portal backend converts them (location
+    = voxel × voxel spacing, rotation = xyz_rotation_matrix): the project relion-py-portal writes for that
+    annotation, tilt series from the (loopback) portal."""
+    import json
+
+    from portal_server import PortalServer
+
+    from relion_py.tools.simulate import OBJECT_NAME, SimulationParams, simulate, write_portal
+    os.chdir(tmp_path)
+    server = PortalServer(str(tmp_path / "portal"))
+    try:
+        write_portal(simulate(SimulationParams(n_tomograms=2, seed=7, n_particles=6, image_size="128,112",
+                                               tomo_size="128,112,40")), str(tmp_path / "portal"), server.url)
+        tables = json.loads((tmp_path / "portal" / "portal.json").read_text())
+        spacing = {v["id"]: v["voxelSpacing"] for v in tables["tomogramVoxelSpacings"]}
+        truth = {a["id"] for a in tables["annotations"] if a["groundTruthStatus"]}
+        root = new_config("copick.json", str(tmp_path / "overlay"),
+                          pickable_objects=[PickableObject(name="ribosome", is_particle=True, label=1, radius=60.)])
+        for f in tables["annotationFiles"]:
+            if f["annotationShapeId"] not in truth:
+                continue
+            run_id = next(a["runId"] for a in tables["annotations"] if a["id"] == f["annotationShapeId"])
+            lines = (tmp_path / "portal" / f["s3Path"][len("s3://"):]).read_text().splitlines()
+            points = [json.loads(line) for line in lines if line.strip()]
+            vs = spacing[f["tomogramVoxelSpacingId"]]
+            transforms = np.tile(np.eye(4), (len(points), 1, 1))
+            transforms[:, :3, :3] = [p["xyz_rotation_matrix"] for p in points]
+            picks = root.new_run(str(run_id)).new_picks("ribosome", session_id="0", user_id="portal")
+            picks.from_numpy(np.array([[p["location"][k] * vs for k in "xyz"] for p in points]), transforms)
+            picks.store()
+        common = ["--url", server.graphql_url]
+        assert portal_main(common + ["--run_ids", "100,200", "--object", OBJECT_NAME, "--ground_truth",
+                                     "--o", "Portal/"]) == 0
+        assert portal_main(common + ["--copick", "copick.json", "--object", "ribosome", "--o", "Copick/"]) == 0
+    finally:
+        server.close()
+    portal, ours = (read_star(f"{d}/particles.star").loop("particles") for d in ("Portal", "Copick"))
+    assert list(portal["rlnTomoParticleName"]) == list(ours["rlnTomoParticleName"])
+    for axis in "XYZ":
+        label = f"rlnCenteredCoordinate{axis}Angst"
+        np.testing.assert_allclose(ours[label], portal[label], atol=1e-5)
+    np.testing.assert_allclose(matrices(ours), matrices(portal), atol=1e-6)
+    for name in ["tomograms.star"] + [f"tilt_series/{n}" for n in os.listdir("Portal/tilt_series")]:
+        expected = (tmp_path / "Portal" / name).read_bytes().replace(b"Portal/", b"Copick/")   # paths in STAR files
+        assert (tmp_path / "Copick" / name).read_bytes() == expected, name
