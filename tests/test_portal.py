@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -134,6 +135,42 @@ def _assert_header_only(path, reference):
         mmap_mrc(str(path))
 
 
+def test_alignment_mapping_agrees_with_cryoet_alignment(portal, tmp_path):
+    """The portal team's converter (cryoet-alignment's ``Alignment.to_relion``), fed the same portal alignment,
+    gives the same per-tilt RELION values; the one disagreement is the tomogram size, where cryoet-alignment
+    takes the portal's volume dimensions (Å, per the portal's schema and cryoet-alignment's own ``from_aretomo3``,
+    which fills them from an MRC cell in Å) as pixels: ours divides by the pixel size."""
+    from cryoet_alignment.io.cryoet_data_portal.alignment import Alignment, PerSectionAlignmentParameters
+
+    _project(portal, tmp_path)
+    tables = json.loads(open(os.path.join(portal.root, "portal.json")).read())
+    tomograms = read_star(tmp_path / "Portal/tomograms.star").loop("global")
+    for a in tables["alignments"]:
+        run = next(r for r in tables["runs"] if r["id"] == a["runId"])
+        ts = next(t for t in tables["tiltseries"] if t["id"] == a["tiltseriesId"])
+        sections = [PerSectionAlignmentParameters(
+            z_index=s["zIndex"], tilt_angle=s["tiltAngle"], volume_x_rotation=s["volumeXRotation"],
+            in_plane_rotation=s["inPlaneRotation"], x_offset=s["xOffset"], y_offset=s["yOffset"])
+            for s in tables["perSectionAlignmentParameters"] if s["alignmentId"] == a["id"]]
+        theirs = Alignment(
+            affine_transformation_matrix=np.eye(4).tolist(), alignment_type=a["alignmentType"], format="ARETOMO3",
+            is_portal_standard=a["isPortalStandard"], tilt_offset=a["tiltOffset"],
+            volume_offset={k: a[f"volume{k.upper()}Offset"] for k in "xyz"}, x_rotation_offset=a["xRotationOffset"],
+            per_section_alignment_parameters=sections,
+            volume_dimension={k: a[f"volume{k.upper()}Dimension"] for k in "xyz"},
+        ).to_relion(run["name"], ts["pixelSpacing"])
+        ours = read_star(tmp_path / f"Portal/tilt_series/{run['name']}.star").loop(run["name"])
+        assert len(ours) == len(theirs.entries)
+        for label, field in (("rlnTomoYTilt", "y_tilt"), ("rlnTomoXTilt", "x_tilt"), ("rlnTomoZRot", "z_rot"),
+                             ("rlnTomoXShiftAngst", "x_shift_angst"), ("rlnTomoYShiftAngst", "y_shift_angst")):
+            np.testing.assert_allclose(ours[label].to_numpy(float), [getattr(e, field) for e in theirs.entries],
+                                       atol=1e-5, err_msg=label)    # STAR text: %12.6f (%12.5f if negative)
+        row = tomograms[tomograms["rlnTomoName"] == run["name"]].iloc[0]
+        dims = [a[f"volume{k}Dimension"] for k in "XYZ"]
+        assert [int(row[f"rlnTomoSize{k}"]) for k in "XYZ"] == [round(d / ts["pixelSpacing"]) for d in dims]
+        assert list(theirs.volume_size_px) == [round(d) for d in dims]
+
+
 def test_selection_filters(portal, tmp_path):
     # automated Point annotation: half the particles, no angles
     project, particles = _project(portal, tmp_path / "a", ground_truth=False, automated_only=True)
@@ -195,8 +232,8 @@ def _edited_portal(portal, tmp_path, edit):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t["tiltseries"][0].update(isAligned=True), "tilt series 200 .* is stored aligned"),
-    (lambda t: t["perSectionParameters"].pop(3), r"section z_index 3 has no CTF estimate"),
-    (lambda t: t["frames"][0].update(accumulatedDose=None), "has no frame with an accumulated dose"),
+    (lambda t: t["perSectionParameters"].clear(), r"every selected run lacks metadata RELION needs \(2 left out"),
+    (lambda t: t["alignments"][0].update(alignmentType="LOCAL"), "alignment 300 .* is a LOCAL alignment"),
     (lambda t: t["tomograms"].pop(0), "no tomogram for alignment 300 .*cannot be centred"),
     (lambda t: t["annotationFiles"].append(dict(t["annotationFiles"][0], id=77, alignmentId=600)),
      "annotation shape 1001 has several point files"),
@@ -206,6 +243,19 @@ def test_incomplete_portal_metadata(portal, tmp_path, edit, message):
         with pytest.raises(RelionPyError, match=message):
             _project(portal, tmp_path, url=server.graphql_url)
     assert not (tmp_path / "Portal").exists()          # nothing written
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t["perSectionParameters"].pop(3), r"section z_index 3 has no CTF estimate"),
+    (lambda t: t["frames"][0].update(accumulatedDose=None), "has no frame with an accumulated dose"),
+])
+def test_a_run_with_incomplete_metadata_is_left_out(portal, tmp_path, capsys, edit, message):
+    """Missing CTF or doses in one run: that run is left out with a warning, the others are written."""
+    with _edited_portal(portal, tmp_path, edit) as server:
+        project, particles = _project(portal, tmp_path, url=server.graphql_url)
+    assert project.tomograms == ["TS_02"] and project.skipped == ["TS_01"]
+    assert set(particles["particles"]["rlnTomoName"]) == {"TS_02"} and project.n_particles == 6
+    assert re.search("run TS_01 \\(TS_01\\) left out: .*" + message, capsys.readouterr().err)
 
 
 def test_graphql_faults(portal, tmp_path):

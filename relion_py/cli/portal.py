@@ -64,7 +64,8 @@ def main(argv=None):
         if opts.dry_run:
             return
         info(f"wrote {project.optimisation_set}: {len(project.tomograms)} tilt series, "
-             f"{project.n_particles} particles")
+             f"{project.n_particles} particles" + (f"; {len(project.skipped)} run(s) left out for incomplete "
+                                                   "metadata (see the warnings)" if project.skipped else ""))
         stages["portal project"] = time.monotonic() - start
         if split < len(argv):
             extract_opts.i = project.optimisation_set

@@ -62,6 +62,11 @@ from ..project.tomograms import REMOTE_IMAGES_LABEL
 from ..tomography.geometry import matrix_to_euler
 
 
+class IncompleteRun(RelionPyError):
+    """A run's metadata lacks what RELION needs (CTF, doses, alignment parameters, sizes): the run is left out
+    of the project with a warning, the others are written."""
+
+
 def tilt_axis_rotation(in_plane_rotation):
     """rlnTomoZRot (degrees) of a 2×2 ``in_plane_rotation`` (cryoet_alignment ``mat2ang``)."""
     m = np.asarray(in_plane_rotation, dtype=np.float64)
@@ -75,23 +80,23 @@ def tilt_series_table(source, stack, zarr_location=None):
     ``N@stack``, and ``N@zarr_location`` in :data:`REMOTE_IMAGES_LABEL` if given."""
     ts, where = source.tiltseries, f"tilt series {source.tiltseries.id}"
     if not ts.pixel_spacing:
-        raise RelionPyError(f"{where} has no pixel spacing")
+        raise IncompleteRun(f"{where} has no pixel spacing")
     ctf = {s.z_index: s for s in source.sections}
     aligned = sorted(source.section_alignments, key=lambda a: a.z_index)
     if not aligned:
-        raise RelionPyError(f"alignment {source.alignment.id} of {where} has no per-section parameters")
+        raise IncompleteRun(f"alignment {source.alignment.id} of {where} has no per-section parameters")
     rows = []
     for a in aligned:
         s = ctf.get(a.z_index)
         at = f"{where}, section z_index {a.z_index}"
         if s is None or s.major_defocus is None or s.minor_defocus is None or s.astigmatic_angle is None:
-            raise RelionPyError(f"{at} has no CTF estimate (PerSectionParameters) in the portal")
+            raise IncompleteRun(f"{at} has no CTF estimate (PerSectionParameters) in the portal")
         frame = source.frames.get(s.frame_id)
         if frame is None or frame.accumulated_dose is None:
-            raise RelionPyError(f"{at} has no frame with an accumulated dose in the portal "
+            raise IncompleteRun(f"{at} has no frame with an accumulated dose in the portal "
                                 "(RELION needs rlnMicrographPreExposure)")
         if None in (a.tilt_angle, a.volume_x_rotation, a.in_plane_rotation, a.x_offset, a.y_offset):
-            raise RelionPyError(f"{at}: incomplete alignment parameters (alignment {source.alignment.id})")
+            raise IncompleteRun(f"{at}: incomplete alignment parameters (alignment {source.alignment.id})")
         row = {"rlnMicrographName": f"{a.z_index + 1}@{stack}"}
         if zarr_location is not None:
             row[REMOTE_IMAGES_LABEL] = f"{a.z_index + 1}@{zarr_location}"
@@ -125,7 +130,7 @@ def stack_shape(source):
     ts = source.tiltseries
     shape = (ts.size_z, ts.size_y, ts.size_x)
     if not all(shape):
-        raise RelionPyError(f"tilt series {ts.id} (run {source.run.name}) has no size (size_x/y/z) in the "
+        raise IncompleteRun(f"tilt series {ts.id} (run {source.run.name}) has no size (size_x/y/z) in the "
                             "portal")
     depth = max(a.z_index for a in source.section_alignments) + 1 if source.section_alignments else 0
     if depth > shape[0]:

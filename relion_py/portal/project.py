@@ -10,7 +10,7 @@ directory, the RELION project folder, as RELION writes them. The column ↔ port
 """
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cryoet_data_portal as cdp
 import numpy as np
@@ -23,7 +23,7 @@ from ..io.star import write_star
 from ..runtime.log import warn
 from ..runtime.options import option
 from .download import download_stack
-from .mapping import read_points, stack_shape, tilt_series_table, tomogram_size
+from .mapping import IncompleteRun, read_points, stack_shape, tilt_series_table, tomogram_size
 from .query import select
 
 SEL = "Selection"
@@ -86,6 +86,7 @@ class PortalProject:
     optimisation_set: str       # path of optimisation_set.star
     tomograms: list             # rlnTomoName of each tilt series
     n_particles: int
+    skipped: list = field(default_factory=list)     # tomograms left out: their run's metadata is incomplete
 
 
 def _ids(text, what):
@@ -136,46 +137,34 @@ def write_portal_project(opts, sources, points_of, command):
     angles (n, 3) degrees or None)], ``size`` being rlnTomoSizeX/Y/Z and ``pixel_size`` the tilt series'."""
     out = opts.o.rstrip("/") or "."
     names = tomogram_names(sources)
-    tilt_series, headers, downloads, tomograms, optics, particles = {}, {}, {}, [], [], []
-    for group, (name, source) in enumerate(zip(names, sources), 1):
-        ts = source.tiltseries
-        if ts.is_aligned:
-            raise RelionPyError(f"tilt series {ts.id} (run {source.run.name}) is stored aligned: its "
-                                "alignment describes the raw stack; choose another with --tiltseries_id")
-        location = ts.s3_omezarr_dir if opts.s3 else ts.https_omezarr_dir
-        if not location:
-            raise RelionPyError(f"tilt series {ts.id} (run {source.run.name}) has no OME-Zarr "
-                                f"{'s3' if opts.s3 else 'https'} location in the portal")
-        offset = [v or 0.0 for v in (source.alignment.volume_x_offset, source.alignment.volume_y_offset,
-                                     source.alignment.volume_z_offset)]
-        if any(offset):
-            warn(f"alignment {source.alignment.id} ({name}) has a reconstruction volume offset of {offset} "
-                 "Å, which RELION's geometry has no place for: it is ignored")
-        star, stack = f"{out}/tilt_series/{name}.star", f"{out}/tilt_series/{name}.mrcs"
-        if opts.download:
-            tilt_series[star] = {name: tilt_series_table(source, stack)}
-            downloads[stack] = location.rstrip("/"), ts.pixel_spacing
-        else:
-            tilt_series[star] = {name: tilt_series_table(source, stack, location.rstrip("/"))}
-            headers[stack] = stack_header(stack_shape(source), ts.pixel_spacing,
-                                          f"relion_py: HEADER ONLY, no pixels; they are at {location}")
-        size = tomogram_size(source)
-        voltage = ts.acceleration_voltage / 1000.0          # volts in the portal
-        tomograms.append(dict(
-            rlnTomoName=name, rlnVoltage=voltage, rlnSphericalAberration=ts.spherical_aberration_constant,
-            rlnAmplitudeContrast=opts.amplitude_contrast, rlnTomoHand=opts.hand, rlnOpticsGroupName=name,
-            rlnMicrographOriginalPixelSize=ts.pixel_spacing / (ts.binning_from_frames or 1.0),
-            rlnTomoTiltSeriesPixelSize=ts.pixel_spacing, rlnTomoTiltSeriesStarFile=star,
-            rlnTomoSizeX=size[0], rlnTomoSizeY=size[1], rlnTomoSizeZ=size[2],
-            **({} if ts.tilt_axis is None else {"rlnTomoNominalTiltAxisAngle": ts.tilt_axis})))
-        optics.append(optics_row(group, tomograms[-1]))
-        particles.append((name, group, points_of(source, size, ts.pixel_spacing)))
+    tilt_series, headers, downloads, tomograms, optics, particles, skipped = {}, {}, {}, [], [], [], []
+    for name, source in zip(names, sources):
+        try:
+            mapped = _map_tomogram(opts, out, name, source, points_of)
+        except IncompleteRun as e:
+            warn(f"run {source.run.name} ({name}) left out: {e}")
+            skipped.append(name)
+            continue
+        star, table, stack, fetch, header, tomogram, points = mapped
+        tilt_series[star] = {name: table}
+        if fetch:
+            downloads[stack] = fetch
+        if header:
+            headers[stack] = header
+        tomograms.append(tomogram)
+        optics.append(optics_row(len(tomograms), tomogram))
+        particles.append((name, len(tomograms), points))
+    if not tomograms:
+        raise RelionPyError(f"every selected run lacks metadata RELION needs ({len(skipped)} left out, see the "
+                            "warnings)")
+    sources = [s for n, s in zip(names, sources) if n not in skipped]
+    names = [n for n in names if n not in skipped]
     table = particle_table(particles)
     if not len(table):
         raise RelionPyError("the selected annotation files hold no points")
     if opts.dry_run:
         _print_plan(names, sources, table)
-        return PortalProject(None, names, len(table))
+        return PortalProject(None, names, len(table), skipped)
     # everything is checked: write
     os.makedirs(os.path.join(out, "tilt_series"), exist_ok=True)
     for stack, (location, pixel_size) in downloads.items():    # first: the STAR files name complete stacks
@@ -188,7 +177,45 @@ def write_portal_project(opts, sources, points_of, command):
     write_star(f"{out}/tomograms.star", {"global": pd.DataFrame(tomograms)})
     optimisation_set = write_particles(out, optics, table, f"{out}/tomograms.star", command,
                                        HEADER_ONLY_WARNING if headers else "")
-    return PortalProject(optimisation_set, names, len(table))
+    return PortalProject(optimisation_set, names, len(table), skipped)
+
+
+def _map_tomogram(opts, out, name, source, points_of):
+    """One tomogram's files and rows: (tilt-series STAR path, its table, stack path, (location, pixel size) to
+    download or None, header-only stack bytes or None, tomograms.star row, particles). IncompleteRun if the
+    portal lacks what RELION needs for it."""
+    if source.alignment.alignment_type == "LOCAL":
+        raise RelionPyError(f"alignment {source.alignment.id} (run {source.run.name}) is a LOCAL alignment: "
+                            "RELION's tilt-series model has no local deformations; choose a GLOBAL one with "
+                            "--alignment_id")
+    ts = source.tiltseries
+    if ts.is_aligned:
+        raise RelionPyError(f"tilt series {ts.id} (run {source.run.name}) is stored aligned: its "
+                            "alignment describes the raw stack; choose another with --tiltseries_id")
+    location = ts.s3_omezarr_dir if opts.s3 else ts.https_omezarr_dir
+    if not location:
+        raise RelionPyError(f"tilt series {ts.id} (run {source.run.name}) has no OME-Zarr "
+                            f"{'s3' if opts.s3 else 'https'} location in the portal")
+    offset = [v or 0.0 for v in (source.alignment.volume_x_offset, source.alignment.volume_y_offset,
+                                 source.alignment.volume_z_offset)]
+    if any(offset):
+        warn(f"alignment {source.alignment.id} ({name}) has a reconstruction volume offset of {offset} "
+             "Å, which RELION's geometry has no place for: it is ignored")
+    star, stack = f"{out}/tilt_series/{name}.star", f"{out}/tilt_series/{name}.mrcs"
+    table = tilt_series_table(source, stack, None if opts.download else location.rstrip("/"))
+    fetch = (location.rstrip("/"), ts.pixel_spacing) if opts.download else None
+    header = None if opts.download else stack_header(
+        stack_shape(source), ts.pixel_spacing, f"relion_py: HEADER ONLY, no pixels; they are at {location}")
+    size = tomogram_size(source)
+    voltage = ts.acceleration_voltage / 1000.0          # volts in the portal
+    tomogram = dict(
+        rlnTomoName=name, rlnVoltage=voltage, rlnSphericalAberration=ts.spherical_aberration_constant,
+        rlnAmplitudeContrast=opts.amplitude_contrast, rlnTomoHand=opts.hand, rlnOpticsGroupName=name,
+        rlnMicrographOriginalPixelSize=ts.pixel_spacing / (ts.binning_from_frames or 1.0),
+        rlnTomoTiltSeriesPixelSize=ts.pixel_spacing, rlnTomoTiltSeriesStarFile=star,
+        rlnTomoSizeX=size[0], rlnTomoSizeY=size[1], rlnTomoSizeZ=size[2],
+        **({} if ts.tilt_axis is None else {"rlnTomoNominalTiltAxisAngle": ts.tilt_axis}))
+    return star, table, stack, fetch, header, tomogram, points_of(source, size, ts.pixel_spacing)
 
 
 def optics_row(group, tomogram):
