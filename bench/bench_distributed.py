@@ -11,15 +11,11 @@ Goal on a 2-core machine: 2 workers ≥ 1.8 × 1 worker, and within 10 % of --j 
 import hashlib
 import re
 import shutil
-import subprocess
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from conftest import bench_root, cli, report
+from conftest import bench_root, cli, report, run_sampled
 
 CASES = {
     "a_stack2d": ("relion-py-extract", ["--b", "128", "--crop", "96", "--stack2d"]),
@@ -30,33 +26,6 @@ CASES = {
 RUNS = {"j1": ["--j", "1"], "workers1": ["--workers", "1", "--j", "1"], "workers2": ["--workers", "2", "--j", "1"],
         "j2": ["--j", "2"]}
 TASKS = re.compile(r"(?:Extracting (\d+) batches|backproject: (\d+) tasks)")
-
-
-def run_sampled(argv, cwd):
-    """Run a command, sampling the RSS of it and its descendants every 50 ms: (wall s, peak RSS MiB of the
-    command's own process, peak RSS MiB of its largest descendant, stdout + stderr)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peaks = {"own": 0, "child": 0}
-
-    def sample():
-        p = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                peaks["own"] = max(peaks["own"], p.memory_info().rss)
-                for c in p.children(recursive=True):
-                    peaks["child"] = max(peaks["child"], c.memory_info().rss)
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    output = proc.communicate()[0]
-    wall = time.perf_counter() - t0
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {output[-800:]}")
-    return wall, peaks["own"] / 2**20, peaks["child"] / 2**20, output
 
 
 def digest(folder):

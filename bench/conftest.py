@@ -11,6 +11,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,3 +66,31 @@ def report(benchmark, **figures):
     """Print the figures and store them in the benchmark's JSON (extra_info)."""
     benchmark.extra_info.update(figures)
     print("\n" + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
+
+
+def run_sampled(argv, cwd):
+    """Run a command, sampling the RSS of it and its descendants every 50 ms: (wall s, peak RSS MiB of the
+    command's own process, peak RSS MiB of its largest descendant, stdout + stderr)."""
+    import psutil
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peaks = {"own": 0, "child": 0}
+
+    def sample():
+        p = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                peaks["own"] = max(peaks["own"], p.memory_info().rss)
+                for c in p.children(recursive=True):
+                    peaks["child"] = max(peaks["child"], c.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    output = proc.communicate()[0]
+    wall = time.perf_counter() - t0
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {output[-800:]}")
+    return wall, peaks["own"] / 2**20, peaks["child"] / 2**20, output

@@ -1,0 +1,113 @@
+"""The whole benchmark table in one command: every case of RELION's anchors (bench/relion_anchors.json) run by
+relion_py and, when RELION's programs are on PATH, by RELION alternately in the same session; next to each, the
+floor set by the disk (output bytes / write speed, plus input bytes / read speed for relion_reconstruct, both
+measured on the spot) and the peak RSS.
+
+    python bench/table.py /path/to/bench_root [--cases a,c,d] [--rounds 3]
+
+The bench root holds ``project/`` (bench/make_project.py). Case e reads case b's output, so b runs first and its
+17 GB are removed after e. Prints a Markdown table (median of --rounds runs).
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import ANCHORS, cli, relion_binary, run_sampled  # noqa: E402
+
+PROGRAMS = {"relion_tomo_subtomo": "relion-py-extract", "relion_tomo_reconstruct_particle": "relion-py-reconstruct",
+            "relion_reconstruct": "relion-py-reconstruct"}
+ORDER = ["a_subtomo_stack2d", "c_subtomo_stack2d_bin2", "b_subtomo_3d", "e_reconstruct_3drot",
+         "d_reconstruct_particle"]
+
+
+def disk_speeds(folder, size=1 << 30):
+    """(write, read) MB/s of ``folder``'s disk: ``size`` bytes written and fsync'ed, evicted from the page cache,
+    read back."""
+    path = Path(folder) / ".disk_speed"
+    block = os.urandom(1 << 22)
+    t0 = time.perf_counter()
+    with open(path, "wb") as fh:
+        for _ in range(size // len(block)):
+            fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    write = size / (time.perf_counter() - t0) / 1e6
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    t0 = time.perf_counter()
+    while os.read(fd, 1 << 22):
+        pass
+    read = size / (time.perf_counter() - t0) / 1e6
+    os.close(fd)
+    path.unlink()
+    return write, read
+
+
+def folder_bytes(path):
+    path = Path(path)
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files)
+
+
+def run_case(words, root, prefix):
+    """Run an anchor command (its output renamed with ``prefix``); (wall s, peak RSS MiB, output bytes)."""
+    words = list(words)
+    o = words.index("--o") + 1
+    out = prefix + words[o]
+    words[o] = out
+    target = root / out
+    shutil.rmtree(target if out.endswith("/") else target.parent, ignore_errors=True)
+    if not out.endswith("/"):
+        target.parent.mkdir(parents=True)            # relion_reconstruct writes into an existing folder
+    wall, own, child, _ = run_sampled(words, root)
+    return wall, max(own, child), folder_bytes(target)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--cases", default="", help="comma-separated case letters (default: all)")
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args(argv)
+    anchors = json.loads(ANCHORS.read_text())["cases"]
+    chosen = [c for c in ORDER if not args.cases or c[0] in args.cases.split(",")]
+    write, read = disk_speeds(args.root)
+    print(f"disk: write {write:.0f} MB/s, read {read:.0f} MB/s (page cache evicted)\n")
+    rows = []
+    for case in chosen:
+        words = anchors[case]["command"].split()
+        if case == "e_reconstruct_3drot":                 # its input: relion_py's b output
+            words[words.index("--i") + 1] = "py_b_subtomo3d/particles.star"
+        runs = {"relion_py": [], "RELION": []}
+        relion = relion_binary(words[0])
+        for _ in range(args.rounds):
+            runs["relion_py"].append(run_case([cli(PROGRAMS[words[0]])] + words[1:], args.root, "py_"))
+            if relion:
+                runs["RELION"].append(run_case([relion] + words[1:], args.root, "relion_"))
+        wall = statistics.median(r[0] for r in runs["relion_py"])
+        rss = max(r[1] for r in runs["relion_py"])
+        nbytes = runs["relion_py"][0][2]
+        floor = nbytes / 1e6 / write + (folder_bytes(args.root / "py_b_subtomo3d") / 1e6 / read
+                                       if case == "e_reconstruct_3drot" else 0.0)
+        here = statistics.median(r[0] for r in runs["RELION"]) if runs["RELION"] else None
+        relion_wall = here or anchors[case]["median_wall_s"]
+        relion_rss = max(r[1] for r in runs["RELION"]) if runs["RELION"] else anchors[case]["max_rss_mb"]
+        rows.append(f"| {case} | {relion_wall:.1f} s{'' if here else ' (anchor)'} | {wall:.1f} s | "
+                    f"{relion_wall / wall:.2f}× | {floor:.1f} s | {rss:.0f} / {relion_rss:.0f} MiB |")
+        print(rows[-1], flush=True)
+        if case == "e_reconstruct_3drot" or (case == "b_subtomo_3d" and "e_reconstruct_3drot" not in chosen):
+            shutil.rmtree(args.root / "py_b_subtomo3d", ignore_errors=True)
+            shutil.rmtree(args.root / "relion_b_subtomo3d", ignore_errors=True)
+    print("\n| case | RELION | relion_py | ratio | disk floor | peak RSS relion_py / RELION |\n|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
