@@ -11,7 +11,9 @@ from ..runtime.log import info
 from ..runtime.cluster_options import cluster_defaults, without_cluster_flags
 from .cluster import connect, describe, start_mpi, task_result, worker_run
 
-BATCH = 16   # particles per task: each particle's files depend on it alone, so the cut never changes a byte
+BATCH = 16             # fewest particles per task: each particle's files depend on it alone, so the cut never
+TASKS_PER_WORKER = 8   # changes a byte; about this many tasks per worker (each task costs ~20 ms: its tomogram's
+                       # weights, a writer thread, its last write not overlapped; measured in bench/README.md)
 
 
 def extract_on_cluster(opts, command=None, batch=None):
@@ -24,7 +26,10 @@ def extract_on_cluster(opts, command=None, batch=None):
 
     def run_batches(run):
         with connect(opts) as client:
-            return _run_tasks(client, worker_opts, run.batches(batch or BATCH), os.getcwd())
+            workers = max(1, len(client.scheduler_info().get("workers", {})))
+            total = sum(len(geom.rows) for geom in run.kept.values())
+            size = batch or max(BATCH, -(-total // (TASKS_PER_WORKER * workers)))
+            return _run_tasks(client, worker_opts, run.batches(size), os.getcwd())
 
     return extract_subtomograms(worker_opts, command=without_cluster_flags(command) if command else None,
                                 run_batches=run_batches)
