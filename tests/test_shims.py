@@ -175,40 +175,24 @@ def test_mpi_ranks_above_zero_leave_the_work_to_rank_zero(tmp_path, monkeypatch,
     assert capsys.readouterr().out == "" and not (tmp_path / "x").exists()
 
 
-def test_mpi_name_under_mpirun_runs_on_dask_mpi(shims, tmp_path):
-    """What the GUI runs with "Number of MPI procs" 4: mpirun -n 4 relion_tomo_subtomo_mpi … → relion-py-extract
-    --mpi on dask-mpi (rank 0 scheduler, rank 1 client, ranks 2-3 workers); RELION's files."""
-    case = "a_subtomo_stack2d"
+@pytest.mark.parametrize("case, program", [("a_subtomo_stack2d", "relion-py-extract"),
+                                           ("f2_reconstruct_particle_c1_snr", "relion-py-reconstruct")])
+def test_mpi_name_under_mpirun_runs_on_dask_mpi(shims, tmp_path, case, program):
+    """What the GUI runs with "Number of MPI procs" 4 for its "Extract subtomos" and "Reconstruct particle" jobs:
+    mpirun -n 4 relion_tomo_subtomo_mpi / relion_tomo_reconstruct_particle_mpi … → relion_py --mpi on dask-mpi
+    (rank 0 scheduler, rank 1 client, ranks 2-3 workers); RELION's files."""
     project = mirror_fixtures(tmp_path / "project", case)
-    command = ("mpirun -n 4 --oversubscribe `which relion_tomo_subtomo_mpi` --t synthetic/tomograms.star --p "
-               "synthetic/particles.star --theme classic --o Extract/job014/ --b 64 --crop 48 --bin 1 --min_frames 1 "
-               "--stack2d  --j 1  --pipeline_control Extract/job014/")
+    name = GUI_JOBS[case].split("`")[1].split()[1]                      # `which relion_...`
+    command = "mpirun -n 4 --oversubscribe " + GUI_JOBS[case].replace(f"`which {name}`", f"`which {name}_mpi`")
+    command = command.replace("--j 2 ", "--j 1 ")
+    job_folder_name = command.split("--o ")[1].split()[0]
     os.environ.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     try:
         status, job = run_job(command, project, shims)
     finally:
         del os.environ["OMPI_ALLOW_RUN_AS_ROOT"], os.environ["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"]
     assert status == 0, (job / "run.err").read_text()[-2000:]
-    assert "4 MPI ranks → relion-py-extract --mpi" in (job / "run.out").read_text()
+    assert f"4 MPI ranks → {program} --mpi" in (job / "run.out").read_text()
     assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
-    ok, report = compare_with_relion(FIXTURES / case, job, ["--path-prefix-map", f"{case}/=Extract/job014/"])
-    assert ok, report[-3000:]
-
-
-def test_reconstruct_particle_mpi_under_mpirun_runs_on_dask_mpi(shims, tmp_path):
-    """The GUI's "Reconstruct particle" job with 4 MPI procs: mpirun -n 4 relion_tomo_reconstruct_particle_mpi …
-    → relion-py-reconstruct --mpi; RELION's files."""
-    case = "f2_reconstruct_particle_c1_snr"
-    project = mirror_fixtures(tmp_path / "project", case)
-    command = "mpirun -n 4 --oversubscribe " + GUI_JOBS[case].replace(
-        "`which relion_tomo_reconstruct_particle`", "`which relion_tomo_reconstruct_particle_mpi`")
-    os.environ.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    try:
-        status, job = run_job(command, project, shims)
-    finally:
-        del os.environ["OMPI_ALLOW_RUN_AS_ROOT"], os.environ["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"]
-    assert status == 0, (job / "run.err").read_text()[-2000:]
-    assert "4 MPI ranks → relion-py-reconstruct --mpi" in (job / "run.out").read_text()
-    assert (job / "RELION_JOB_EXIT_SUCCESS").exists()
-    ok, report = compare_with_relion(FIXTURES / case, job, ["--path-prefix-map", f"{case}/=Reconstruct/job008/"])
+    ok, report = compare_with_relion(FIXTURES / case, job, ["--path-prefix-map", f"{case}/={job_folder_name}"])
     assert ok, report[-3000:]

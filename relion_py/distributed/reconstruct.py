@@ -15,34 +15,28 @@ from .cluster import connect, ordered_results, start_mpi, worker_run
 def reconstruct_particle_on_cluster(opts, command=None):
     """:func:`relion_py.programs.reconstruct_particle.reconstruct_particle` with its groups summed as Dask
     tasks."""
-    worker_opts = _worker_options(opts)
-    cwd = os.getcwd()
-
-    def sum_groups(run, groups):
-        with connect(opts) as client:
-            yield from ordered_results(client, sum_particle_group, [(worker_opts, cwd, g) for g in groups],
-                                       "backproject")
-
+    worker_opts, sum_groups = _cluster_sums(opts, sum_particle_group)
     return reconstruct_particle(worker_opts, command, sum_groups=sum_groups)
 
 
 def reconstruct_images_on_cluster(opts):
     """:func:`relion_py.programs.reconstruct_images.reconstruct_images` with its groups summed as Dask tasks."""
-    worker_opts = _worker_options(opts)
+    worker_opts, sum_groups = _cluster_sums(opts, sum_image_group)
+    return reconstruct_images(worker_opts, sum_groups=sum_groups)
+
+
+def _cluster_sums(opts, task):
+    """The workers' options (without the cluster flags) and the ``sum_groups`` of a program: ``task`` run on the
+    cluster for every group, the sums yielded in group order."""
+    if opts.mpi:
+        start_mpi()
+    worker_opts = cluster_defaults(opts)
     cwd = os.getcwd()
 
     def sum_groups(run, groups):
         with connect(opts) as client:
-            yield from ordered_results(client, sum_image_group, [(worker_opts, cwd, g) for g in groups],
-                                       "backproject")
-
-    return reconstruct_images(worker_opts, sum_groups=sum_groups)
-
-
-def _worker_options(opts):
-    if opts.mpi:
-        start_mpi()
-    return cluster_defaults(opts)
+            yield from ordered_results(client, task, [(worker_opts, cwd, g) for g in groups], "backproject")
+    return worker_opts, sum_groups
 
 
 def sum_particle_group(opts, cwd, group):
