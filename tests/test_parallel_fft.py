@@ -122,3 +122,19 @@ def test_an_unwritable_cache_only_means_measuring_again(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     run = _plan_in_new_process(tmp_path / "file")
     assert run.returncode == 0 and run.stderr == "" and len(run.stdout) > 0
+
+
+def test_processes_planning_at_once_share_one_measurement(tmp_path):
+    """Four processes plan the same transforms at the same time on an empty cache (a run's Dask workers): they
+    take turns through the wisdom file's lock, the first to hold it measures, the others import its plans, and
+    all compute the same bits (as does a later process planning from the kept wisdom alone)."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    first = subprocess.Popen([sys.executable, "-c", _PLAN_AND_PRINT, "measure"], env=env, stdout=subprocess.PIPE,
+                             text=True)
+    others = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)\n" + _PLAN_AND_PRINT,
+                                "measure"], env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [p.communicate()[0] for p in [first] + others]
+    assert all(p.returncode == 0 for p in [first] + others)
+    assert len(set(outputs)) == 1 and outputs[0]
+    again = _plan_in_new_process(tmp_path, "wisdom_only")
+    assert again.returncode == 0 and again.stdout == outputs[0]

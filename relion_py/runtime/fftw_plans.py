@@ -8,7 +8,10 @@ beat batched estimated ones by a third (128² r2c: 39 µs instead of 57), and th
 reuse FFTW's wisdom. FFTW times candidate algorithms while measuring, and which one wins can change the
 last bits of a result; so the wisdom is also kept between runs, in a file per FFTW build and processor
 (:func:`wisdom_path`): every run on a machine then uses the same algorithms and repeats the previous
-one's numbers bit for bit, and skips the measuring (about 0.25 s per run).
+one's numbers bit for bit, and skips the measuring (about 0.25 s per run). Processes that plan at the same
+time (a run's Dask workers, concurrent jobs) take turns through a lock on that file, and each reads the
+file before planning: a shape is measured once, by whichever process needs it first, and every process on
+the machine then uses its plan — which is what makes a distributed run the single-process run's bytes.
 
 The plans are executed from compiled code (``relion_py.kernels.fftw_execute``, without the GIL): a particle's 41
 tilts cost one call from Python instead of one per tilt and plan, which kept the worker threads queuing for
@@ -18,6 +21,7 @@ Each :class:`RealFFT` belongs to one thread (its buffers are overwritten by ever
 scipy's ``norm="ortho"`` (1/sqrt(N) both ways), the convention of every FFT in this package.
 """
 import ctypes
+import fcntl
 import functools
 import hashlib
 import math
@@ -25,6 +29,7 @@ import os
 import platform
 import threading
 import weakref
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -36,7 +41,7 @@ FFTW_MEASURE, FFTW_DESTROY_INPUT = 0, 1
 FFTW_FORWARD = -1
 ALIGNMENT = 64                   # bytes: every item of every buffer starts SIMD-aligned
 _planner = threading.Lock()      # FFTW's planner is not thread-safe (execution is)
-_wisdom_saved = None             # the wisdom last read from or written to wisdom_path() (bytes)
+_wisdom_saved = None             # the wisdom as read from wisdom_path() before planning (bytes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,19 +71,35 @@ def _wisdom():
         library.fftwf_free(text)
 
 
-def _load_wisdom():
-    """Read the kept wisdom, once per process. Holding ``_planner``."""
+@contextmanager
+def _shared_wisdom():
+    """Plan with the kept wisdom, holding ``_planner`` and the wisdom file's lock (other processes plan in
+    turn): read what other processes measured, plan, write back what was measured here. Without a writable
+    cache folder, planning goes on unlocked (and measures again next run)."""
     global _wisdom_saved
-    if _wisdom_saved is None:
-        path = wisdom_path()
-        if os.path.exists(path):
-            library.fftwf_import_wisdom_from_filename(path.encode())
-        _wisdom_saved = _wisdom()
+    path = wisdom_path()
+    with _planner:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            lock = open(os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".lock"), "a")
+        except OSError:
+            lock = None
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.exists(path):
+                library.fftwf_import_wisdom_from_filename(path.encode())
+            _wisdom_saved = _wisdom()
+            yield
+            _keep_wisdom()
+        finally:
+            if lock is not None:
+                lock.close()            # releases the lock
 
 
 def _keep_wisdom():
-    """Write the wisdom back if planning added to it. Holding ``_planner``. A cache folder that cannot be
-    written only means measuring again next run: nothing is raised."""
+    """Write the wisdom back if planning added to it. Holding ``_planner`` (and the file's lock). A cache
+    folder that cannot be written only means measuring again next run: nothing is raised."""
     global _wisdom_saved
     current = _wisdom()
     if current != _wisdom_saved:
@@ -144,8 +165,7 @@ class RealFFT:
         self._forward = np.zeros((capacity, 2), np.intp)
         self._backward = np.zeros((capacity if inverse else 0, 1), np.intp)
         self._finalizer = weakref.finalize(self, _destroy, self._forward, self._backward)
-        with _planner:
-            _load_wisdom()
+        with _shared_wisdom():
             for i in range(capacity):
                 real, spectra = self.real[i], self.spectra[i]
                 if self.columns is None:
@@ -160,7 +180,6 @@ class RealFFT:
                 if inverse:   # multi-dimensional c2r always overwrites its input
                     self._backward[i, 0] = _plan_many("_c2r", shape, 1, spectra, half, 1, 0, real, shape, 1, 0,
                                                       FFTW_MEASURE | FFTW_DESTROY_INPUT)
-            _keep_wisdom()
 
     def kernel_args(self):
         """What compiled code needs to run these FFTs: a :class:`~relion_py.kernels.fftw_execute.RealFFTPlans`."""
