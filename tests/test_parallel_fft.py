@@ -138,3 +138,13 @@ def test_processes_planning_at_once_share_one_measurement(tmp_path):
     assert len(set(outputs)) == 1 and outputs[0]
     again = _plan_in_new_process(tmp_path, "wisdom_only")
     assert again.returncode == 0 and again.stdout == outputs[0]
+
+
+def test_importing_pyfftw_does_not_change_the_plans(tmp_path):
+    """pyfftw's import calls fftwf_init_threads, which changes the plans FFTW measures; relion_py makes the same
+    call, so a process that imported pyfftw (the CCP-EM pipeliner does) computes the bits of one that did not."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", prefix + _PLAN_AND_PRINT, "measure"], env=env,
+                           capture_output=True, text=True) for prefix in ("import pyfftw\n", "", "import pyfftw\n")]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    assert runs[0].stdout == runs[1].stdout == runs[2].stdout

@@ -19,19 +19,35 @@ from ..runtime.errors import RelionPyError
 from ._jit import njit
 
 
-def _find_fftw():
-    """Path of single-precision FFTW: the copy bundled in the pyfftw wheel, else the system's."""
+def _find_fftw(threads=False):
+    """Path of single-precision FFTW (with ``threads``: of its threads library), the copy bundled in the pyfftw
+    wheel, else the system's; None if ``threads`` and there is none."""
+    name = "fftw3f_omp" if threads else "fftw3f"
     spec = importlib.util.find_spec("pyfftw")
     if spec is not None and spec.submodule_search_locations:
         package = spec.submodule_search_locations[0]
-        for pattern in ("../pyfftw.libs/libfftw3f-*.so*", ".dylibs/libfftw3f*.dylib", "libfftw3f*.dll"):
+        for pattern in (f"../pyfftw.libs/lib{name}-*.so*", f".dylibs/lib{name}*.dylib", f"lib{name}*.dll"):
             found = sorted(glob.glob(os.path.join(package, pattern)))
             if found:
                 return os.path.normpath(found[0])
-    path = ctypes.util.find_library("fftw3f")
-    if path is None:
+    path = ctypes.util.find_library(name) or (ctypes.util.find_library("fftw3f_threads") if threads else None)
+    if path is None and not threads:
         raise RelionPyError("single-precision FFTW (libfftw3f) was not found: install pyfftw (pip install pyfftw)")
     return path
+
+
+def _init_threads():
+    """``fftwf_init_threads()``, as importing pyfftw does. It registers FFTW's threaded algorithms with the
+    planner, which changes the plans FFTW_MEASURE picks (and so the last bits of results) even for plans on one
+    thread: every relion_py process does it, so that a process that also imported pyfftw (the CCP-EM pipeliner
+    does) and one that did not plan alike. Idempotent in FFTW."""
+    path = _find_fftw(threads=True)
+    if path is None:
+        return
+    # the wheel's OpenMP runtime, next to it, is found through pyfftw's extension module's RPATH, not this one's
+    for gomp in sorted(glob.glob(os.path.join(os.path.dirname(path), "libgomp-*.so*"))):
+        ctypes.CDLL(gomp, mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(path).fftwf_init_threads()
 
 
 def _load_fftw():
@@ -49,6 +65,7 @@ def _load_fftw():
     lib.fftwf_free.argtypes, lib.fftwf_free.restype = [ptr], None
     lib.fftwf_import_wisdom_from_filename.argtypes = [ctypes.c_char_p]
     lib.fftwf_import_wisdom_from_filename.restype = c_int
+    _init_threads()
     return lib
 
 

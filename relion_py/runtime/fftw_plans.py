@@ -57,7 +57,8 @@ def wisdom_path():
     except OSError:
         cpu += platform.processor()
     build = ctypes.string_at(ctypes.addressof(ctypes.c_char.in_dll(library, "fftwf_version"))).decode()  # a char[]
-    key = hashlib.sha1(f"{build} {cpu}".encode()).hexdigest()[:16]
+    # "threads": the planner has FFTW's threaded algorithms registered (fftw_execute._init_threads)
+    key = hashlib.sha1(f"{build} {cpu} threads".encode()).hexdigest()[:16]
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "relion_py", f"fftwf_wisdom-{key}")
 
