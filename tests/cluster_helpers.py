@@ -1,9 +1,13 @@
-"""What the cluster tests share: a writable copy of the fixture project, byte comparison of output folders, and a
-scheduler + worker started from the command line as dask-jobqueue or an administrator would start them."""
+"""What the cluster tests share: a writable copy of the fixture project, byte comparison of output folders, a
+scheduler + worker started from the command line as dask-jobqueue or an administrator would start them, and a
+run during which a busy worker is killed."""
 import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,3 +62,26 @@ def scheduler_and_worker(scheduler_file):
         for p in reversed(procs):
             p.kill()
             p.wait(timeout=60)
+
+
+def run_killing_a_worker(main, argv, ready=lambda: True, observe=lambda: True):
+    """``main(argv + --scheduler …)`` on a LocalCluster of 2 worker processes, SIGKILLing the first worker seen
+    busy once ``ready()`` holds. Returns (exit status, ``observe()`` at the kill, or None if the run ended
+    first)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        status = []
+        run = threading.Thread(target=lambda: status.append(main(argv + ["--scheduler", cluster.scheduler_address])))
+        run.start()
+        killed = None
+        while killed is None and run.is_alive():
+            busy = [addr for addr, keys in client.processing().items() if keys]
+            if busy and ready():
+                pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                killed = observe()
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.005)
+        run.join()
+    return status[0], killed

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_helpers import assert_same_files, copy_project, scheduler_and_worker
+from cluster_helpers import assert_same_files, copy_project, run_killing_a_worker, scheduler_and_worker
 from conftest import working_directory
 from relion_py.cli.extract import main
 
@@ -95,35 +95,17 @@ def test_no_dask_import_on_the_single_process_path():
 def test_worker_killed_mid_run(project, monkeypatch):
     """SIGKILL a worker that is extracting: Dask reruns its tasks on the restarted worker, and every file is
     still the single-process one (no partial file under a final name)."""
-    import signal
-    import threading
-
-    from distributed import Client, LocalCluster
-
     import relion_py.distributed.extract as distributed_extract
     monkeypatch.setattr(distributed_extract, "BATCH", 1)
     argv = BASE + MODES["3d"]
     with working_directory(project):
         assert main(argv + ["--o", "out/"]) == 0
         os.rename("out", "single")
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
-            status = []
-            run = threading.Thread(target=lambda: status.append(
-                main(argv + ["--o", "out/", "--scheduler", cluster.scheduler_address])))
-            run.start()
-            killed = None
-            while killed is None and run.is_alive():
-                busy = [addr for addr, keys in client.processing().items() if keys]
-                done = list(Path("out/Subtomograms").rglob("*_data.mrc")) if Path("out/Subtomograms").exists() else []
-                if busy and done:
-                    pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
-                    killed = not Path("out/particles.star").exists()
-                    os.kill(pid, signal.SIGKILL)
-                time.sleep(0.01)
-            run.join()
+        status, killed = run_killing_a_worker(main, argv + ["--o", "out/"],
+                                              ready=lambda: any(Path("out").rglob("*_data.mrc")),
+                                              observe=lambda: not Path("out/particles.star").exists())
     assert killed, "the run ended before a worker could be killed"
-    assert status == [0]
+    assert status == 0
     partial = [p for p in (project / "out").rglob("*") if ".tmp-" in p.name]
     for p in partial:   # what the killed worker was writing, under its temporary name only
         p.unlink()

@@ -3,16 +3,14 @@ sums computed by worker processes are added by the client in the single-process 
 workers, the order in which tasks finish, or a worker killed mid-run."""
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from cluster_helpers import assert_same_files, copy_project, files_of, scheduler_and_worker, without_time_stamp
+from cluster_helpers import assert_same_files, run_killing_a_worker, scheduler_and_worker, without_time_stamp
 from conftest import mirror_fixtures, working_directory
 from relion_py.cli.reconstruct import main
 
@@ -126,28 +124,12 @@ def test_results_come_in_submission_order():
 def test_worker_killed_mid_run(project):
     """SIGKILL a worker while it sums a group: Dask recomputes the lost task, and the maps are the
     single-process ones."""
-    from distributed import Client, LocalCluster
-
     with working_directory(project):
         assert main(TILT_SERIES + ["--o", "out/"]) == 0
         os.rename("out", "out.single")
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
-            status = []
-            run = threading.Thread(target=lambda: status.append(
-                main(TILT_SERIES + ["--o", "out/", "--scheduler", cluster.scheduler_address])))
-            run.start()
-            killed = False
-            while not killed and run.is_alive():
-                busy = [addr for addr, keys in client.processing().items() if keys]
-                if busy:
-                    pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
-                    os.kill(pid, signal.SIGKILL)
-                    killed = True
-                time.sleep(0.005)
-            run.join()
+        status, killed = run_killing_a_worker(main, TILT_SERIES + ["--o", "out/"])
     assert killed, "the run ended before a worker could be killed"
-    assert status == [0]
+    assert status == 0
     assert_same_files(project / "out.single", project / "out")
 
 
