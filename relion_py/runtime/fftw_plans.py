@@ -42,6 +42,7 @@ FFTW_FORWARD = -1
 ALIGNMENT = 64                   # bytes: every item of every buffer starts SIMD-aligned
 _planner = threading.Lock()      # FFTW's planner is not thread-safe (execution is)
 _wisdom_saved = None             # the wisdom as read from wisdom_path() before planning (bytes)
+_wisdom_file = "unread"          # (inode, mtime, size) of wisdom_path() when last read or written here
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,9 +76,10 @@ def _wisdom():
 @contextmanager
 def _shared_wisdom():
     """Plan with the kept wisdom, holding ``_planner`` and the wisdom file's lock (other processes plan in
-    turn): read what other processes measured, plan, write back what was measured here. Without a writable
-    cache folder, planning goes on unlocked (and measures again next run)."""
-    global _wisdom_saved
+    turn): read what other processes measured (if the file changed since this process last read or wrote it),
+    plan, write back what was measured here. Without a writable cache folder, planning goes on unlocked (and
+    measures again next run)."""
+    global _wisdom_saved, _wisdom_file
     path = wisdom_path()
     with _planner:
         try:
@@ -88,9 +90,11 @@ def _shared_wisdom():
         try:
             if lock is not None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-            if os.path.exists(path):
-                library.fftwf_import_wisdom_from_filename(path.encode())
-            _wisdom_saved = _wisdom()
+            if _file_identity(path) != _wisdom_file:
+                if os.path.exists(path):
+                    library.fftwf_import_wisdom_from_filename(path.encode())
+                _wisdom_file = _file_identity(path)
+                _wisdom_saved = _wisdom()
             yield
             _keep_wisdom()
         finally:
@@ -98,10 +102,18 @@ def _shared_wisdom():
                 lock.close()            # releases the lock
 
 
+def _file_identity(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _keep_wisdom():
     """Write the wisdom back if planning added to it. Holding ``_planner`` (and the file's lock). A cache
     folder that cannot be written only means measuring again next run: nothing is raised."""
-    global _wisdom_saved
+    global _wisdom_saved, _wisdom_file
     current = _wisdom()
     if current != _wisdom_saved:
         path = wisdom_path()
@@ -109,6 +121,7 @@ def _keep_wisdom():
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with atomic_output(path) as tmp, open(tmp, "wb") as fh:
                 fh.write(current)
+            _wisdom_file = _file_identity(path)
         except OSError:
             pass
         _wisdom_saved = current
