@@ -1,12 +1,13 @@
 """The Dask client the cluster flags connect, the tasks' results as the programs need them, and what a
 worker process keeps between the tasks of one run."""
+import contextlib
+import io
 import logging
 import os
 import threading
 import uuid
 from collections import deque
 from concurrent.futures import CancelledError
-from contextlib import contextmanager
 
 from ..runtime.errors import RelionPyError
 from ..runtime.log import info
@@ -16,7 +17,7 @@ _worker_run = {"key": None, "run": None}
 _worker_run_lock = threading.Lock()
 
 
-@contextmanager
+@contextlib.contextmanager
 def connect(opts):
     """A ``distributed.Client`` for the cluster the flags name; the LocalCluster (--workers) ends with it."""
     try:
@@ -118,7 +119,9 @@ def ordered_results(client, function, arguments, label):
 
 def worker_run(opts, cwd, build):
     """The run object ``build(opts)`` of this worker process, built once per run (``opts`` and project folder)
-    and kept for the run's next tasks; the previous run's is closed."""
+    and kept for the run's next tasks; the previous run's is closed. Building reads the same inputs as the
+    client, whose log already carries their notes and warnings: the worker's copies are not printed again
+    (a problem with the inputs is raised, not printed)."""
     key = (build.__qualname__, repr(opts), cwd)
     with _worker_run_lock:
         if _worker_run["key"] != key:
@@ -127,6 +130,7 @@ def worker_run(opts, cwd, build):
                 _worker_run["key"] = _worker_run["run"] = None
             if os.getcwd() != cwd:
                 os.chdir(cwd)   # paths in the STAR files are relative to the project folder
-            _worker_run["run"] = build(opts)
+            with contextlib.redirect_stderr(io.StringIO()):
+                _worker_run["run"] = build(opts)
             _worker_run["key"] = key
         return _worker_run["run"]
