@@ -11,14 +11,23 @@ One stdlib ``ThreadingHTTPServer`` on 127.0.0.1 (a free port) that
   GraphQL error (so a query the test server cannot answer fails loudly instead of returning everything);
 * serves the files below ``<root>`` by GET (the portal's https URLs), and path-style S3 GetObject
   (``/<bucket>/<key>``, for ``BOTO_ENDPOINT_URL``), 404 with an S3 ``NoSuchKey`` body when absent;
+* answers byte ranges (``Range: bytes=a-b`` and suffixes ``bytes=-n``) with 206, as S3 and the portal's
+  CDN do (sharded zarr arrays are read by range);
+* behaves like a far-away link when asked: ``latency_s`` before every answer and a ``bandwidth`` (bytes/s)
+  shared by all connections;
 * logs every request (method, path, status, body bytes sent; ``GET /_requests`` returns the log as JSON)
-  and injects faults on request: HTTP 500, a body cut short of its Content-Length ("truncate"), a short
-  body with a matching Content-Length ("corrupt"), or a connection closed without an answer ("drop").
+  and injects faults on request: HTTP 500 or 503, a body cut short of its Content-Length ("truncate"), a
+  short body with a matching Content-Length ("corrupt"), a connection closed without an answer ("drop") or
+  reset (TCP RST, "reset"), no answer for ``stall_s`` ("timeout"), or a body trickling at 1.3 kB/s
+  ("trickle").
 """
 import json
 import os
 import re
+import socket
+import struct
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -71,6 +80,10 @@ class PortalServer:
             self.schema = build_schema(fh.read())
         self.log = []
         self.faults = []          # [path substring, mode, remaining count]
+        self.latency_s = 0.0      # waited before every answer
+        self.bandwidth = None     # bytes/s of the one link all answers share (None: unlimited)
+        self.stall_s = 5.0        # how long a "timeout" fault keeps the client waiting
+        self._link_free = 0.0     # monotonic time at which the link has sent everything queued so far
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
         self.httpd.daemon_threads = True
@@ -91,8 +104,8 @@ class PortalServer:
         self.close()
 
     def add_fault(self, pattern, mode, times=1):
-        """The next ``times`` requests whose path contains ``pattern`` fail with ``mode``: '500',
-        'truncate', 'corrupt' or 'drop'."""
+        """The next ``times`` requests whose path contains ``pattern`` fail with ``mode``: '500', '503',
+        'truncate', 'corrupt', 'drop', 'reset', 'timeout' or 'trickle'."""
         with self._lock:
             self.faults.append([pattern, mode, times])
 
@@ -100,6 +113,25 @@ class PortalServer:
         with self._lock:
             self.log.clear()
             self.faults.clear()
+        self.latency_s, self.bandwidth, self.stall_s = 0.0, None, 5.0
+
+    def send_body(self, wfile, body, trickle=False):
+        """Write ``body`` through the shared link: at ``bandwidth`` bytes/s over all connections together
+        (each 64-kB piece waits for its turn on the link), or as a trickle: 256 bytes every 0.2 s, each
+        piece in time for a client's read timeout but the whole far too slow."""
+        piece = 256 if trickle else 1 << 16
+        for start in range(0, len(body), piece):
+            part = body[start:start + piece]
+            if trickle:
+                time.sleep(0.2)
+            elif self.bandwidth:
+                with self._lock:
+                    begin = max(time.monotonic(), self._link_free)
+                    self._link_free = begin + len(part) / self.bandwidth
+                delay = self._link_free - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            wfile.write(part)
 
     def requests(self, pattern="", method="GET"):
         """Logged requests whose path contains ``pattern`` (of any method if ``method`` is empty)."""
@@ -146,21 +178,30 @@ def _handler(server):
         def log_message(self, *args):
             pass
 
-        def _send(self, status, body, content_type="application/octet-stream"):
+        def _send(self, status, body, content_type="application/octet-stream", content_range=None):
             path = urlsplit(self.path).path
             fault = server._take_fault(path)
-            if fault == "drop":
-                self.close_connection = True
+            if fault in ("drop", "reset", "timeout"):
                 server._record(self.command, path, 0, 0)
+                time.sleep(server.latency_s + (server.stall_s if fault == "timeout" else 0.0))
+                if fault == "reset":           # SO_LINGER 0: close() sends RST instead of FIN
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
                 return
-            if fault == "500":
-                status, body = 500, b"injected server error"
+            time.sleep(server.latency_s)
+            if fault in ("500", "503"):
+                status, body, content_range = int(fault), b"injected server error", None
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if content_range:
+                self.send_header("Content-Range", content_range)
             sent = body[:len(body) // 2] if fault in ("truncate", "corrupt") else body
             self.send_header("Content-Length", str(len(sent) if fault == "corrupt" else len(body)))
             self.end_headers()
-            self.wfile.write(sent)
+            try:
+                server.send_body(self.wfile, sent, trickle=fault == "trickle")
+            except (BrokenPipeError, ConnectionResetError):   # the client gave up (a trickle's deadline)
+                self.close_connection = True
             if fault == "truncate":
                 self.close_connection = True
             server._record(self.command, path, status, len(sent))
@@ -183,7 +224,18 @@ def _handler(server):
                                        b"<Message>The specified key does not exist.</Message></Error>",
                                   "application/xml")
             with open(path, "rb") as fh:
-                self._send(200, fh.read())
+                data = fh.read()
+            wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+            if wanted and wanted.group(1):
+                first = int(wanted.group(1))
+                last = min(int(wanted.group(2)) if wanted.group(2) else len(data) - 1, len(data) - 1)
+            elif wanted and wanted.group(2):
+                first, last = max(len(data) - int(wanted.group(2)), 0), len(data) - 1
+            else:
+                return self._send(200, data)
+            if first > last:
+                return self._send(416, b"range not satisfiable")
+            self._send(206, data[first:last + 1], content_range=f"bytes {first}-{last}/{len(data)}")
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

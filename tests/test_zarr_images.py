@@ -1,13 +1,16 @@
 """OME-Zarr tilt series (local, http, anonymous s3) read through the TiltImages interface."""
+import json
 import os
 import shutil
 import threading
+import time
 
 import numcodecs
 import numpy as np
 import pytest
 import zarr
 from conftest_portal import CHUNKS
+from zarr_copies import LAYOUTS, stored_bytes, write_copies
 
 from relion_py.runtime.errors import RelionPyError
 from relion_py.io import remote
@@ -122,13 +125,91 @@ def test_missing_chunk_is_fill_value(portal, tmp_path):
         np.testing.assert_array_equal(_read(images, frames, origins), _reference(stack, frames, origins))
 
 
-@pytest.mark.parametrize("mode", ["500", "truncate", "corrupt", "drop"])
-def test_transient_faults_are_retried(portal, mode):
+@pytest.fixture(scope="module")
+def copies(portal_session):
+    """TS_01 in every layout of tests/zarr_copies.py, served by the loopback portal: {name: (path, url)}."""
+    root = os.path.join(portal_session.root, "formats")
+    paths = write_copies(portal_session.sim.tilt_series[0].stack, root)
+    return {name: (path, f"{portal_session.server.url}/formats/{name}.zarr") for name, path in paths.items()}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_zarr_formats_give_identical_windows_and_fetch_only_their_chunks(portal, copies, layout):
+    """zarr format 2 / OME-Zarr 0.4 (the portal's today), format 3 / OME-Zarr 0.5, with every codec, and
+    sharded (inner chunks by range requests): the same windows, pixel for pixel, and no more bytes than
+    the chunks (inner chunks plus shard indexes) under them, each fetched once."""
+    stack = portal.sim.tilt_series[0].stack
+    path, url = copies[layout]
+    frames, origins = _windows(len(stack), n=25, seed=1)
+    more_frames, more_origins = _windows(len(stack), n=25, seed=2)
+    with open_tilt_images(_names(url, len(stack))) as images:
+        np.testing.assert_array_equal(_read(images, frames, origins), _reference(stack, frames, origins))
+        np.testing.assert_array_equal(_read(images, more_frames, more_origins),
+                                      _reference(stack, more_frames, more_origins))
+        stats = images.stats
+    touched = _expected_chunks(frames, origins, stack.shape, CHUNKS) | \
+        _expected_chunks(more_frames, more_origins, stack.shape, CHUNKS)
+    assert stats["chunks"] == len(touched)
+    data = [r for r in portal.server.requests(f"{layout}.zarr/0/") if not r.path.endswith(("json", "array"))]
+    chunk_bytes = sum(r.nbytes for r in data)
+    assert chunk_bytes == stored_bytes(path, layout, touched)
+    assert stats["bytes"] <= 1.05 * chunk_bytes            # metadata included
+    if layout == "v3-sharded":                             # one index request per shard, one per chunk
+        assert len(data) == len(touched) + len({(z, y // 4, x // 4) for z, y, x in touched})
+        assert all(r.status == 206 for r in data)
+    else:
+        assert len(data) == len({r.path for r in data}) == len(touched)
+
+
+def test_zarr_v3_local_and_s3(portal, copies, monkeypatch):
+    """Sharded format 3 from a local folder (seek + read) and from anonymous S3 (Range GetObject)."""
+    monkeypatch.setenv("BOTO_ENDPOINT_URL", portal.server.url)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    stack = portal.sim.tilt_series[0].stack
+    frames, origins = _windows(len(stack), n=10, seed=9)
+    for location in (copies["v3-sharded"][0], "s3://formats/v3-sharded.zarr"):
+        with open_tilt_images(_names(location, len(stack))) as images:
+            np.testing.assert_array_equal(_read(images, frames, origins), _reference(stack, frames, origins))
+    assert portal.server.requests("/formats/v3-sharded.zarr/0/c/")
+
+
+def test_empty_inner_chunks_and_missing_shards_are_fill_value(tmp_path):
+    data = np.zeros((4, 64, 64), np.float32)
+    data[1, 10:20, 40:50] = 3.0                       # one non-empty inner chunk; other shards never written
+    path = str(tmp_path / "sparse.zarr")
+    array = zarr.create_array(path, shape=data.shape, shards=(2, 64, 64), chunks=(1, 32, 32), dtype="float32",
+                              fill_value=0.0)
+    array[...] = data
+    assert sorted(os.listdir(os.path.join(path, "c"))) == ["0"]
+    frames, origins = np.array([0, 1, 1, 2, 3]), np.array([[0, 0], [30, 0], [10, 20], [5, 5], [16, 16]])
+    with ZarrTiltImages([(path, z) for z in range(4)]) as images:
+        np.testing.assert_array_equal(_read(images, frames, origins), _reference(data, frames, origins))
+
+
+def test_damaged_shard_index_is_retried(portal, copies):
+    stack = portal.sim.tilt_series[0].stack
+    with open_tilt_images(_names(copies["v3-sharded"][1], len(stack))) as images:
+        portal.server.add_fault("v3-sharded.zarr/0/c/3/0/0", "corrupt")      # the index (then the chunk)
+        np.testing.assert_array_equal(_read(images, np.array([3]), np.array([[20, 20]])),
+                                      _reference(stack, np.array([3]), np.array([[20, 20]])))
+    assert not portal.server.faults[0][2]
+
+
+@pytest.mark.parametrize("mode", ["500", "503", "truncate", "corrupt", "drop", "reset", "timeout", "trickle"])
+def test_transient_faults_are_retried(portal, mode, monkeypatch):
+    """Every fault is retried; a stalled answer or a trickling body is given up on after
+    RELION_PY_REMOTE_TIMEOUT seconds."""
+    monkeypatch.setenv("RELION_PY_REMOTE_TIMEOUT", "0.5")
+    portal.server.stall_s = 2.0
     stack = portal.sim.tilt_series[0].stack
     frames, origins = np.array([4, 5]), np.array([[40, 40], [10, 100]])
     with open_tilt_images(_names(portal.zarr_url(), len(stack))) as images:
         portal.server.add_fault("/0/4/1/1", mode)
         np.testing.assert_array_equal(_read(images, frames, origins), _reference(stack, frames, origins))
+    for _ in range(100):           # the server logs a trickle once it notices that the client has gone
+        if len(portal.server.requests("/0/4/1/1")) == 2:
+            break
+        time.sleep(0.1)
     assert len(portal.server.requests("/0/4/1/1")) == 2
 
 
@@ -196,9 +277,25 @@ def test_concurrent_readers_share_one_fetch(portal):
 def test_bad_locations(tmp_path, portal):
     with pytest.raises(RelionPyError, match="is not a zarr array or OME-Zarr image"):
         ZarrArray(str(tmp_path))
-    zarr.create_array(str(tmp_path / "v3.zarr"), shape=(2, 8, 8), chunks=(1, 8, 8), dtype="float32")
-    with pytest.raises(RelionPyError, match="zarr format 3 is not supported"):
-        ZarrArray(str(tmp_path / "v3.zarr"))
+    zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    with pytest.raises(RelionPyError, match="group.zarr is a zarr group but not an OME-Zarr image"):
+        ZarrArray(str(tmp_path / "group.zarr"))
+    array = zarr.create_array(str(tmp_path / "v3.zarr"), shape=(2, 8, 8), chunks=(1, 8, 8), dtype="float32")
+    meta_path = tmp_path / "v3.zarr" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    for codecs, message in [([{"name": "bytes"}, {"name": "lzma"}], "unsupported codec 'lzma'"),
+                            ([{"name": "zstd"}, {"name": "bytes"}], "unsupported codec 'zstd'"),
+                            ([{"name": "sharding_indexed", "configuration": {
+                                "chunk_shape": [1, 4, 4], "codecs": [{"name": "sharding_indexed",
+                                                                      "configuration": {}}]}}],
+                             "unsupported codec 'sharding_indexed' .* shard codecs"),
+                            ([{"name": "sharding_indexed", "configuration": {
+                                "chunk_shape": [1, 3, 4], "codecs": [{"name": "bytes"}]}}],
+                             r"inner chunks \[1, 3, 4\] do not tile the shards")]:
+        meta_path.write_text(json.dumps({**meta, "codecs": codecs}))
+        with pytest.raises(RelionPyError, match=f"v3.zarr/zarr.json: {message}"):
+            ZarrArray(str(tmp_path / "v3.zarr"))
+    assert array.shape == (2, 8, 8)
     zarr.create_array(str(tmp_path / "2d.zarr"), shape=(8, 8), chunks=(8, 8), dtype="float32", zarr_format=2)
     with pytest.raises(RelionPyError, match="must be a 3-D"):
         ZarrArray(str(tmp_path / "2d.zarr"))

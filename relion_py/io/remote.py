@@ -2,9 +2,12 @@
 retries: the remote access shared by the OME-Zarr tilt-series reader (:mod:`relion_py.io.zarr_images`) and
 the CryoET Data Portal importer (:mod:`relion_py.portal`).
 
-Network faults are retried (connection errors, timeouts, HTTP 5xx/429, short or undecodable bodies) with
-exponential back-off; a key that still cannot be read raises a one-line :class:`RelionPyError` naming the
-URL. Anonymous S3 goes through boto3 with unsigned requests; ``BOTO_ENDPOINT_URL`` points it at another
+Network faults are retried (connection errors, resets, timeouts, HTTP 5xx/429, short or undecodable
+bodies, bodies trickling in slower than the deadline allows) with exponential back-off; a key that still
+cannot be read raises a one-line :class:`RelionPyError` naming the URL. Every request must complete within
+``RELION_PY_REMOTE_TIMEOUT`` seconds (default 60: a 4-MB chunk at 70 kB/s), so a failing read gives up
+after at most ``ATTEMPTS`` × that plus the back-off (4 min 2 s by default). Reads can be byte ranges (HTTP
+``Range``, S3 ``Range``, a seek on disk): the inner chunks and indexes of sharded zarr arrays. Anonymous S3 goes through boto3 with unsigned requests; ``BOTO_ENDPOINT_URL`` points it at another
 endpoint, as in the cryoet-data-portal client (``cryoet_data_portal/_file_tools.py: get_anon_s3_client``).
 """
 import os
@@ -27,9 +30,25 @@ def bytes_fetched():
 
 ATTEMPTS = 4            # tries per remote object before giving up
 BACKOFF_S = 0.25        # first retry delay; doubles after every failed try
-CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 60.0
-MAX_WORKERS = 8         # parallel chunk fetches per array
+MAX_WORKERS = 8         # requests in flight per array: hides ~50 ms of latency per request (bench/remote.md)
+
+
+def request_timeout():
+    """Seconds a request may take from connecting to its last byte (``RELION_PY_REMOTE_TIMEOUT``)."""
+    text = os.environ.get("RELION_PY_REMOTE_TIMEOUT", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise RelionPyError(f"RELION_PY_REMOTE_TIMEOUT={text!r}: expected a positive number of seconds")
+    return value
+
+
+def _range_header(byte_range):
+    """(start, length) → an HTTP Range value; a negative start is a suffix (the last -start bytes)."""
+    start, length = byte_range
+    return f"bytes={start}" if start < 0 else f"bytes={start}-{start + length - 1}"
 
 
 class TransientFault(Exception):
@@ -39,7 +58,8 @@ class TransientFault(Exception):
 class _Store:
     """Read-only key → bytes access below one location, with request and byte counters.
 
-    ``get(key)`` makes one attempt: bytes, ``None`` when the key does not exist, ``TransientFault`` on a
+    ``get(key, byte_range=None)`` makes one attempt: the bytes (of ``byte_range`` = (start, length) only,
+    a negative start counting from the end), ``None`` when the key does not exist, ``TransientFault`` on a
     failure worth retrying, ``RelionPyError`` on a permanent one.
     """
 
@@ -61,7 +81,7 @@ class _Store:
         """The URL or path of ``key``, for messages."""
         raise NotImplementedError
 
-    def get(self, key):
+    def get(self, key, byte_range=None):
         raise NotImplementedError
 
     def close(self):
@@ -80,11 +100,15 @@ class _LocalStore(_Store):
     def where(self, key):
         return os.path.join(self.root, *key.split("/"))
 
-    def get(self, key):
+    def get(self, key, byte_range=None):
         path = self.where(key)
         try:
             with open(path, "rb") as fh:
-                data = fh.read()
+                if byte_range is None:
+                    data = fh.read()
+                else:
+                    fh.seek(*((byte_range[0], os.SEEK_END) if byte_range[0] < 0 else (byte_range[0],)))
+                    data = fh.read(byte_range[1])
         except (FileNotFoundError, NotADirectoryError):
             self._count(0)
             return None
@@ -100,23 +124,45 @@ class _HttpStore(_Store):
     def __init__(self, base):
         super().__init__()
         self.base = base.rstrip("/")
-        timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+        self.timeout = request_timeout()
+        timeout = urllib3.Timeout(connect=min(10.0, self.timeout), read=self.timeout)
         self._pool = urllib3.PoolManager(maxsize=MAX_WORKERS, retries=False, timeout=timeout)
 
     def where(self, key):
         return f"{self.base}/{quote(key)}"
 
-    def get(self, key):
+    def get(self, key, byte_range=None):
         url = self.where(key)
+        deadline = time.monotonic() + self.timeout
+        headers = {"Range": _range_header(byte_range)} if byte_range else None
+        response, data, complete = None, b"", False
         try:
+            response = self._pool.request("GET", url, headers=headers, preload_content=False, redirect=True)
+            # The body piece by piece (read1: whatever arrived), so that a trickle is cut at the deadline;
             # urllib3 2 enforces Content-Length: a body cut short raises (ProtocolError), never returns.
-            response = self._pool.request("GET", url, preload_content=True, redirect=True)
+            pieces = []
+            while piece := response.read1(1 << 20):
+                pieces.append(piece)
+                if time.monotonic() > deadline:
+                    raise TransientFault(f"{sum(map(len, pieces))} bytes in {self.timeout:g} s "
+                                         "(too slow; RELION_PY_REMOTE_TIMEOUT)")
+            data, complete = b"".join(pieces), True
         except urllib3.exceptions.HTTPError as exc:
-            self._count(0)
             raise TransientFault(_reason(exc)) from None
-        self._count(len(response.data))
+        finally:
+            self._count(len(data))
+            if response is not None and complete:
+                response.release_conn()
+            elif response is not None:      # a connection left mid-body cannot serve another request
+                response.close()
         if response.status == 200:
-            return response.data
+            # a server that ignores Range sends the whole object
+            if byte_range:
+                start, length = byte_range
+                return data[start:][:length] if start < 0 else data[start:start + length]
+            return data
+        if response.status == 206:
+            return data
         if response.status == 404:
             return None
         if response.status >= 500 or response.status == 429:
@@ -138,10 +184,11 @@ class _S3Store(_Store):
         self.bucket, self.prefix = bucket, prefix.strip("/")
         # As cryoet_data_portal/_file_tools.py:get_anon_s3_client (BOTO_ENDPOINT_URL: another endpoint);
         # boto3's own retries are off: the reader retries, and counts every request.
+        timeout = request_timeout()
         self._client = boto3.client(
             "s3", endpoint_url=os.environ.get("BOTO_ENDPOINT_URL") or None,
             config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1, "mode": "standard"},
-                          connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                          connect_timeout=min(10.0, timeout), read_timeout=timeout,
                           max_pool_connections=MAX_WORKERS))
 
     def _key(self, key):
@@ -150,10 +197,11 @@ class _S3Store(_Store):
     def where(self, key):
         return f"s3://{self.bucket}/{self._key(key)}"
 
-    def get(self, key):
+    def get(self, key, byte_range=None):
         from botocore.exceptions import BotoCoreError, ClientError
+        extra = {"Range": _range_header(byte_range)} if byte_range else {}
         try:
-            data = self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            data = self._client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)["Body"].read()
         except ClientError as exc:
             self._count(0)
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -205,8 +253,8 @@ def open_store(location):
                         "(use a local path, http(s):// or s3://)")
 
 
-def fetch(store, key, decode=lambda data: data, missing_ok=False):
-    """``decode(store.get(key))`` with retries: a failure of the fetch or of ``decode`` (raise
+def fetch(store, key, decode=lambda data: data, missing_ok=False, byte_range=None):
+    """``decode(store.get(key, byte_range))`` with retries: a failure of the fetch or of ``decode`` (raise
     ``TransientFault``, e.g. for a truncated body) is retried ``store.attempts`` times with exponential
     back-off, then reported as one ``RelionPyError``. A missing key returns ``None`` if ``missing_ok``."""
     reason = ""
@@ -214,7 +262,7 @@ def fetch(store, key, decode=lambda data: data, missing_ok=False):
         if attempt:
             time.sleep(BACKOFF_S * 2 ** (attempt - 1))
         try:
-            data = store.get(key)
+            data = store.get(key, byte_range)
             if data is None:
                 if missing_ok:
                     return None

@@ -8,12 +8,20 @@ The layout read is the one the CryoET Data Portal publishes for tilt series (``T
 ``multiscales`` (axes z, y, x); level 0 (``datasets[0].path``, ``"0"``) is the unbinned stack, one tilt
 image per z (z = stack index = ``PerSectionParameters.z_index``), float32, chunks ``(1, 1024, 1024)``,
 compressed with zarr 2's default ``Blosc(lz4, clevel 5, shuffle)``, chunk keys ``z/y/x``
-(``dimension_separator "/"``). Nothing of this is assumed: dtype, chunk shape, compressor, filters, memory
-order, fill value and key separator are read from ``.zarray``, so a user's own zarr v2 stack (or a
-portal download on local disk) is read the same way. A folder that is itself a zarr array (``.zarray``
-and no ``multiscales``) is accepted too.
+(``dimension_separator "/"``). Nothing of this is assumed: the metadata is read — zarr format 2
+(``.zarray``) or format 3 (``zarr.json``, OME-Zarr 0.5, the portal's announced next format), sharded or
+not (:mod:`relion_py.io.zarr_format`) — so a user's own stack, a portal download on local disk or the
+portal's next layout are read the same way. A folder that is itself a zarr array (no ``multiscales``) is
+accepted too.
 
-Reading is lazy and counted: a window request first works out which chunks the requested windows touch
+Why an own reader rather than zarr-python (measured in bench/remote.md): relion_py must work next to
+copick 1.x, which pins zarr-python 2.18 (no format 3 at all), as well as with zarr-python 3; it must fetch
+each chunk under many overlapping windows once (zarr-python fetches per slice request) and count bytes.
+The reader needs only numcodecs (and google-crc32c for checksummed shard indexes), whose decoders both
+zarr-python versions use too.
+
+Reading is lazy and counted: a window request first works out which read chunks (chunks, or the inner
+chunks of shards) the requested windows touch
 (after RELION's edge clamping, so a window hanging over the image edge touches only the edge chunks),
 fetches the chunks not fetched before — in parallel, each at most once per reader — and decodes them
 into a per-frame buffer, from which the windows are cut by the same kernel as for MRC stacks
@@ -23,21 +31,20 @@ are only committed where chunks were written.
 
 Chunks come through :mod:`relion_py.io.remote` (retried with back-off; a chunk that still cannot be read
 raises a one-line :class:`RelionPyError` naming the URL), and no window is ever cut from a chunk that was
-not read completely. A chunk that does not exist (HTTP 404, no such key, no such file) is the array's
-``fill_value``, as the zarr v2 spec defines.
+not read completely. A chunk that does not exist (HTTP 404, no such key, no such file; an empty entry of a
+shard index; a missing shard) is the array's ``fill_value``, as the zarr specs define.
 """
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numcodecs
 import numpy as np
-from numcodecs.compat import ensure_ndarray_like
 
 from ..runtime.errors import RelionPyError
 from ..kernels.tomography.windows import gather_clamped_windows
 from .remote import MAX_WORKERS, TransientFault, fetch, open_store
 from .tilt_images import TiltImages
+from .zarr_format import ArrayFormat, CorruptChunk, ZarrFormatError, level0_path
 
 
 def _json(store, key, missing_ok=False):
@@ -49,107 +56,114 @@ def _json(store, key, missing_ok=False):
     return fetch(store, key, decode, missing_ok)
 
 
-def _fill_value(value, dtype):
-    """zarr v2 ``fill_value`` → a number of ``dtype`` (None when the array has none)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = {"NaN": np.nan, "Infinity": np.inf, "-Infinity": -np.inf}.get(value, value)
-    try:
-        return np.array(value).astype(dtype)[()]
-    except (TypeError, ValueError):
-        raise RelionPyError(f"unsupported zarr fill_value {value!r}") from None
-
-
 class ZarrArray:
-    """Level 0 of one OME-Zarr tilt series (or one zarr v2 array): shape (z, y, x), lazily read.
+    """Level 0 of one OME-Zarr tilt series (or one zarr array): shape (z, y, x), lazily read.
 
-    Mirrors the zarr v2 storage specification (zarr-specs, v2 array metadata and chunk encoding):
-    chunk (i, j, k) is ``<array>/i<sep>j<sep>k``, decoded by the compressor then the filters in reverse
-    order, in ``order`` memory layout, edge chunks stored at full chunk size.
+    Format 2 (OME-Zarr 0.4, the portal's today) and format 3 (OME-Zarr 0.5), sharded or not
+    (:mod:`relion_py.io.zarr_format`). Read chunks (chunks, or the inner chunks of shards) are fetched
+    each at most once; a shard's index is fetched once, the first time one of its inner chunks is needed.
     """
 
     def __init__(self, location):
         self.location = str(location).rstrip("/")
         self.store = open_store(self.location)
-        attrs = _json(self.store, ".zattrs", missing_ok=True)
-        self.path = ""
-        if isinstance(attrs, dict) and attrs.get("multiscales"):
-            try:
-                self.path = str(attrs["multiscales"][0]["datasets"][0]["path"]).strip("/")
-            except (KeyError, IndexError, TypeError):
-                raise RelionPyError(f"{self.location}: malformed OME-Zarr multiscales in .zattrs") from None
-        meta = _json(self.store, self._key(".zarray"), missing_ok=True)
-        if meta is None:
-            if fetch(self.store, self._key("zarr.json"), missing_ok=True) is not None:
-                raise RelionPyError(f"{self.location}: zarr format 3 is not supported; write the tilt series "
-                                    "as zarr format 2, as the CryoET Data Portal does")
-            raise RelionPyError(f"{self.location} is not a zarr array or OME-Zarr image "
-                                f"(no {self._key('.zarray')})")
-        self._parse(meta)
-        self.filled = set()  # chunk indices (cz, cy, cx) already in the buffer
+        self.path, meta = self._find_array()
+        try:
+            self.format = ArrayFormat(meta)
+        except ZarrFormatError as exc:
+            raise RelionPyError(f"{self.location}/{self._key(self._meta_name)}: {exc}") from None
+        self.shape, self.chunks = self.format.shape, self.format.chunks
+        self.filled = set()        # read-chunk indices (cz, cy, cx) already in the buffer
+        self._shard_indexes = {}   # shard index -> (n0, n1, n2, 2) uint64
         self._buffer = None
         self._lock = threading.Lock()
+
+    def _find_array(self):
+        """(path of level 0 below the location, its array metadata): format 2 first (``.zattrs``, then
+        ``.zarray``), then format 3 (``zarr.json`` of the group, then of the array)."""
+        try:
+            attrs = _json(self.store, ".zattrs", missing_ok=True)
+            if attrs is not None:
+                path, self._meta_name = level0_path(attrs) or "", ".zarray"
+                return path, self._metadata(path, ".zarray", "no .zarray")
+            node = _json(self.store, "zarr.json", missing_ok=True)
+            if node is None:
+                self._meta_name = ".zarray"
+                return "", self._metadata("", ".zarray", "no .zarray, .zattrs or zarr.json")
+            self._meta_name = "zarr.json"
+            if node.get("node_type") == "array":
+                return "", node
+            path = level0_path(node.get("attributes"))
+            if path is None:
+                raise RelionPyError(f"{self.location} is a zarr group but not an OME-Zarr image "
+                                    "(no multiscales in its attributes)")
+            return path, self._metadata(path, "zarr.json", "no zarr.json at level 0")
+        except ZarrFormatError as exc:
+            raise RelionPyError(f"{self.location}: {exc}") from None
+
+    def _metadata(self, path, name, missing):
+        meta = _json(self.store, f"{path}/{name}" if path else name, missing_ok=True)
+        if not isinstance(meta, dict):
+            raise RelionPyError(f"{self.location} is not a zarr array or OME-Zarr image ({missing})")
+        return meta
 
     def _key(self, name):
         return f"{self.path}/{name}" if self.path else name
 
-    def _parse(self, meta):
-        where = f"{self.location}/{self._key('.zarray')}"
-        try:
-            if meta.get("zarr_format") != 2:
-                raise RelionPyError(f"{where}: zarr_format {meta.get('zarr_format')} is not supported "
-                                    "(need 2)")
-            self.shape = tuple(int(v) for v in meta["shape"])
-            self.chunks = tuple(int(v) for v in meta["chunks"])
-            self.dtype = np.dtype(meta["dtype"])
-            self.order = meta.get("order", "C")
-            self.separator = meta.get("dimension_separator") or "."
-            self.compressor = numcodecs.get_codec(meta["compressor"]) if meta.get("compressor") else None
-            self.filters = [numcodecs.get_codec(f) for f in meta.get("filters") or []]
-            self.fill_value = _fill_value(meta.get("fill_value"), self.dtype)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise RelionPyError(f"{where}: unsupported or malformed array metadata ({exc})") from None
-        if len(self.shape) != 3 or len(self.chunks) != 3:
-            raise RelionPyError(f"{where}: a tilt series must be a 3-D (z, y, x) array, "
-                                f"not shape {list(self.shape)}")
-        if self.dtype.kind not in "biuf" or min(self.chunks) < 1 or self.order not in ("C", "F") \
-                or self.separator not in (".", "/"):
-            raise RelionPyError(f"{where}: unsupported array (dtype {meta['dtype']}, chunks {meta['chunks']},"
-                                f" order {self.order}, dimension_separator {self.separator!r})")
-
     def chunk_key(self, index):
-        return self._key(self.separator.join(str(i) for i in index))
+        """Storage key of the chunk (or shard) holding read chunk ``index``."""
+        return self._key(self.format.key(index))
 
     def _decode(self, data):
-        """Chunk bytes → (cz, cy, cx) array of ``dtype``; a short or undecodable body is ``TransientFault``."""
         try:
-            for codec in ([self.compressor] if self.compressor else []) + self.filters[::-1]:
-                data = codec.decode(data)
-            flat = ensure_ndarray_like(data).reshape(-1).view(np.uint8)
-        except Exception as exc:  # noqa: BLE001 - codecs raise RuntimeError, ValueError, ...
-            raise TransientFault(f"chunk cannot be decoded ({exc})") from None
-        expected = int(np.prod(self.chunks)) * self.dtype.itemsize
-        if flat.nbytes != expected:
-            raise TransientFault(f"chunk holds {flat.nbytes} bytes, expected {expected} (truncated?)")
-        return flat.view(self.dtype).reshape(self.chunks, order=self.order)
+            return self.format.decode(data)
+        except CorruptChunk as exc:
+            raise TransientFault(f"chunk {exc}") from None
+
+    def _fetch_shard_index(self, shard):
+        key = self._key(self.format.key(tuple(s * n for s, n in zip(shard, self.format.per_shard))))
+
+        def decode(data):
+            try:
+                return self.format.decode_index(data)
+            except CorruptChunk as exc:
+                raise TransientFault(f"shard index {exc}") from None
+        index = fetch(self.store, key, decode, missing_ok=True, byte_range=self.format.index_range())
+        self._shard_indexes[shard] = index   # None: the shard does not exist (all fill value)
+
+    def _fetch_block(self, index):
+        """The decoded read chunk at ``index``, or None if it is not stored (fill value)."""
+        if self.format.shard is None:
+            return fetch(self.store, self.chunk_key(index), self._decode, missing_ok=True)
+        shard_index = self._shard_indexes[self.format.shard_of(index)]
+        where = shard_index is not None and self.format.inner_range(shard_index, index)
+        if not where:
+            return None
+        return fetch(self.store, self.chunk_key(index), self._decode, byte_range=where)
 
     def _load(self, index, target=None, z0=0):
-        """Fetch, decode and copy one chunk into ``target`` (the buffer by default), whose slice 0 is
+        """Fetch, decode and copy one read chunk into ``target`` (the buffer by default), whose slice 0 is
         array slice ``z0`` (worker thread; regions are disjoint)."""
-        block = fetch(self.store, self.chunk_key(index), self._decode, missing_ok=True)
+        block = self._fetch_block(index)
         lo = [i * c for i, c in zip(index, self.chunks)]
         hi = [min(a + c, n) for a, c, n in zip(lo, self.chunks, self.shape)]
         target = self._buffer if target is None else target
         region = target[lo[0] - z0:hi[0] - z0, lo[1]:hi[1], lo[2]:hi[2]]
         if block is None:
-            if self.fill_value is None:
+            if self.format.fill_value is None:
                 raise RelionPyError(f"chunk {self.store.where(self.chunk_key(index))} is missing and the "
                                     "array has no fill_value")
-            region[...] = self.fill_value
+            region[...] = self.format.fill_value
         else:
             region[...] = block[:hi[0] - lo[0], :hi[1] - lo[1], :hi[2] - lo[2]]
         return index
+
+    def _load_all(self, indices, pool, target=None, z0=0):
+        """Load read chunks in parallel: first the indexes of the shards they lie in (sharded arrays)."""
+        if self.format.shard is not None:
+            shards = sorted({self.format.shard_of(i) for i in indices} - set(self._shard_indexes))
+            list(pool.map(self._fetch_shard_index, shards))
+        return list(pool.map(lambda index: self._load(index, target, z0), indices))
 
     def chunks_touched(self, z, origins, size):
         """Chunk indices overlapped by the clamped windows: z (n,) slice, origins (n, 2) (x0, y0)."""
@@ -173,8 +187,7 @@ class ZarrArray:
                 # zero pages are not committed until written: memory grows with the chunks read
                 self._buffer = np.zeros(self.shape, np.float32)
             todo = sorted(self.chunks_touched(z, origins, out.shape[1]) - self.filled)
-            for index in pool.map(self._load, todo):
-                self.filled.add(index)
+            self.filled.update(self._load_all(todo, pool))
         gather_clamped_windows(self._buffer, z, origins, out)
 
     def read_slab(self, cz, pool):
@@ -184,7 +197,7 @@ class ZarrArray:
         slab = np.empty((min(z0 + self.chunks[0], self.shape[0]) - z0,) + self.shape[1:], np.float32)
         rows, cols = (-(-n // c) for n, c in zip(self.shape[1:], self.chunks[1:]))
         indices = [(cz, cy, cx) for cy in range(rows) for cx in range(cols)]
-        list(pool.map(lambda index: self._load(index, slab, z0), indices))
+        self._load_all(indices, pool, slab, z0)
         return slab
 
     def close(self):

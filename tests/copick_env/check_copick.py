@@ -163,3 +163,25 @@ def test_portal_runs_give_relion_py_portals_project(tmp_path):
     for name in ["tomograms.star"] + [f"tilt_series/{n}" for n in os.listdir("Portal/tilt_series")]:
         expected = (tmp_path / "Portal" / name).read_bytes().replace(b"Portal/", b"Copick/")   # paths in STAR files
         assert (tmp_path / "Copick" / name).read_bytes() == expected, name
+
+
+def test_zarr_formats_next_to_zarr_2():
+    """The one tilt series that the main environment wrote with zarr-python 3 as zarr format 2, format 3 with
+    every codec and sharded format 3 (tests/zarr_copies.py) reads to its pixels here, next to zarr-python 2
+    and numcodecs < 0.16: relion_py's reader depends on neither zarr-python's version nor its format."""
+    from relion_py.io.zarr_images import ZarrTiltImages
+    from relion_py.kernels.tomography.windows import gather_clamped_windows
+    root = Path(os.environ["RELION_PY_ZARR_COPIES"])
+    stack = np.load(root / "stack.npy")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, len(stack), 40)
+    origins = np.stack([rng.integers(-40, stack.shape[2], 40), rng.integers(-40, stack.shape[1], 40)], axis=1)
+    expected = np.empty((40, 40, 40), np.float32)
+    gather_clamped_windows(stack, frames, origins, expected)
+    copies = sorted(p for p in root.iterdir() if p.suffix == ".zarr")
+    assert {p.stem for p in copies} == {"v2", "v3", "v3-codecs", "v3-sharded"}
+    for path in copies:
+        with ZarrTiltImages([(str(path), z) for z in range(len(stack))]) as images:
+            out = np.empty_like(expected)
+            images.read_windows(frames, origins, out)
+        np.testing.assert_array_equal(out, expected, err_msg=path.stem)
