@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -394,33 +395,52 @@ def test_local_zarr_extraction_equals_local(portal, tmp_path):
     assert ok, report[-3000:]
 
 
-def test_extraction_through_transient_faults_equals_local(portal, tmp_path):
-    """Truncated chunks, server errors and dropped connections during an extraction are retried: the
-    output is the local one."""
+def test_extraction_through_transient_faults_equals_local(portal, tmp_path, monkeypatch):
+    """Over a slow link (20 ms per request, 20 MB/s shared), truncated chunks, server errors, dropped and
+    reset connections, stalled answers and trickling bodies during an extraction are retried: the output
+    is the local one."""
     reference = _extract_local(portal, EXTRACT_2D, "Extract2D")
+    monkeypatch.setenv("RELION_PY_REMOTE_TIMEOUT", "1")
     with working_directory(tmp_path):
         make_portal_project(_options(portal, o="project/"))
+        portal.server.latency_s, portal.server.bandwidth, portal.server.stall_s = 0.02, 20e6, 3.0
         # disjoint sets of chunks, at most 3 failures for any one (it is read at the 4th attempt)
         for pattern, mode in [("TS_01.zarr/0/0/", "truncate"), ("TS_02.zarr/0/3/", "500"),
-                              ("TS_01.zarr/0/5/", "drop"), ("TS_02.zarr/0/7/", "corrupt")]:
-            portal.server.add_fault(pattern, mode, times=3)
+                              ("TS_01.zarr/0/5/", "drop"), ("TS_02.zarr/0/7/", "corrupt"),
+                              ("TS_01.zarr/0/8/", "503"), ("TS_02.zarr/0/9/", "reset"),
+                              ("TS_01.zarr/0/10/", "timeout"), ("TS_02.zarr/0/11/", "trickle")]:
+            portal.server.add_fault(pattern, mode, times=3 if mode not in ("timeout", "trickle") else 1)
         assert extract_main(["--i", "project/optimisation_set.star", "--o", "Extract2D/"] + EXTRACT_2D) == 0
     assert all(fault[2] == 0 for fault in portal.server.faults)      # every fault did happen
     ok, report = compare_with_relion(reference, tmp_path / "Extract2D")
     assert ok, report[-3000:]
 
 
-def test_extraction_network_failure_is_one_clear_line(portal, tmp_path, capsys):
+@pytest.mark.parametrize("mode", ["500", "timeout"])
+def test_extraction_network_failure_is_one_clear_line(portal, tmp_path, capsys, monkeypatch, mode):
+    """A tilt series that cannot be read: one error line after a bounded time (4 attempts of at most
+    RELION_PY_REMOTE_TIMEOUT each), no output of it, nothing half-written; a rerun completes."""
+    monkeypatch.setenv("RELION_PY_REMOTE_TIMEOUT", "0.5")
+    portal.server.stall_s = 2.0
     with working_directory(tmp_path):
-        make_portal_project(_options(portal))
-        portal.server.add_fault("TS_02.zarr/0/", "500", times=1000)
-        assert extract_main(["--i", "Portal/optimisation_set.star", "--o", "Extract/"] + EXTRACT_2D) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("relion-py-extract: error: cannot read http://127.0.0.1:")
-    assert "TS_02.zarr/0/" in err and err.endswith("HTTP 500 (4 attempts)")
-    # no stack of the failed tilt series, and no half-written file, was left behind
-    out = tmp_path / "Extract"
-    assert not list(out.rglob("TS_02/*")) and not list(out.rglob(".*tmp*"))
+        make_portal_project(_options(portal, o="project/"))
+        portal.server.add_fault("TS_02.zarr/0/", mode, times=1000)
+        start = time.monotonic()
+        assert extract_main(["--i", "project/optimisation_set.star", "--o", "Extract2D/"] + EXTRACT_2D) == 1
+        elapsed = time.monotonic() - start
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("relion-py-extract: error: cannot read http://127.0.0.1:")
+        reason = "HTTP 500" if mode == "500" else "timed out"
+        assert "TS_02.zarr/0/" in err and reason in err and err.endswith("(4 attempts)")
+        assert elapsed < 30          # bounded; not a timing assertion on speed (4 x 0.5 s + start-up)
+        # no stack of the failed tilt series, and no half-written file, was left behind
+        out = tmp_path / "Extract2D"
+        assert not list(out.rglob("TS_02/*")) and not list(out.rglob(".*tmp*"))
+        portal.server.reset()
+        assert extract_main(["--i", "project/optimisation_set.star", "--o", "Extract2D/", "--only_do_unfinished"]
+                            + EXTRACT_2D) == 0
+    ok, report = compare_with_relion(_extract_local(portal, EXTRACT_2D, "Extract2D"), tmp_path / "Extract2D")
+    assert ok, report[-3000:]
 
 
 def test_reconstruct_equals_local(portal, tmp_path):
