@@ -13,23 +13,17 @@ particle windows of the visible frames, and the tilt series' level-0 size.
 """
 import contextlib
 import io
-import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import report  # noqa: E402
+from conftest import portal_server, report, server_requests  # noqa: E402
 
-SERVER = Path(__file__).parent.parent / "tests" / "portal_server.py"
 from relion_py.cli.extract import main as extract_main  # noqa: E402
 from relion_py.io import zarr_images  # noqa: E402
 from relion_py.portal import PortalOptions, make_portal_project  # noqa: E402
@@ -41,27 +35,6 @@ PARAMS = SimulationParams(seed=11, n_particles=12, image_size="1024,1024", tomo_
 EXTRACT = ["--b", "128", "--crop", "96", "--stack2d", "--j", "2"]
 
 
-
-
-@contextlib.contextmanager
-def _server(root):
-    """tests/portal_server.py serving ``root`` in a child process; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    child = subprocess.Popen([sys.executable, str(SERVER), str(root), str(port)], stdout=subprocess.PIPE,
-                             text=True)
-    try:
-        child.stdout.readline()                 # "serving ..." once it listens
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        child.terminate()
-        child.wait()
-
-
-def _requests(url):
-    with urllib.request.urlopen(url + "/_requests") as response:
-        return json.loads(response.read())
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +69,19 @@ def test_remote_vs_local_extraction(benchmark, simulation, monkeypatch, chunk):
     monkeypatch.setattr(zarr_images.ZarrTiltImages, "read_windows", logged)
 
     root.mkdir()
-    with _server(root) as url:
+    with portal_server(root) as url:
         write_portal(sim, str(root), url, chunks=(1, chunk, chunk))
         with contextlib.chdir(remote):
             make_portal_project(PortalOptions(run_ids="100", object=OBJECT_NAME, ground_truth=True,
                                               o="project/", url=url + "/graphql"))
-        before = len(_requests(url))
+        before = len(server_requests(url))
 
         def run():
             shutil.rmtree(work / "local" / f"Extract_{chunk}", ignore_errors=True)
             local_s = _extract(work / "local", f"Extract_{chunk}")
             return local_s, _extract(remote, f"Extract_{chunk}")
         local_s, remote_s = benchmark.pedantic(run, rounds=1, iterations=1)
-        gets = [r for r in _requests(url)[before:] if "/TiltSeries/" in r[1]]
+        gets = [r for r in server_requests(url)[before:] if "/TiltSeries/" in r[1]]
 
     zarr = root / "cryoet-data-portal-public/10000/TS_01/TiltSeries/TS_01.zarr/0"
     under = set()

@@ -5,14 +5,17 @@ The project has the size of RELION's performance anchors (2 tomograms, 1024² ti
 particles). Point RELION_PY_BENCH_ROOT at the folder holding ``project/`` (how to make it: bench/README.md);
 benchmarks needing it are skipped otherwise.
 """
+import contextlib
 import json
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,31 @@ def pytest_collect_file(file_path, parent):
     if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)    # a file named on the command line: pytest's own
     return None
+
+
+@contextlib.contextmanager
+def portal_server(root, latency_ms=0.0, bandwidth_mb=0.0):
+    """tests/portal_server.py serving ``root`` in a child process (so that it does not compete with the
+    client for the GIL), optionally ``latency_ms`` before every answer and ``bandwidth_mb`` MB/s shared by
+    all answers; yields its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    child = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "portal_server.py"), str(root), str(port),
+                              "--latency_ms", str(latency_ms), "--bandwidth_mb", str(bandwidth_mb)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()                 # "serving ..." once it listens
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        child.terminate()
+        child.wait()
+
+
+def server_requests(url):
+    """The request log of a portal_server: [method, path, status, body bytes] per request."""
+    with urllib.request.urlopen(url + "/_requests") as response:
+        return json.loads(response.read())
 
 
 def bench_root():

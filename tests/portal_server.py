@@ -247,9 +247,15 @@ def _handler(server):
 
 
 if __name__ == "__main__":
-    import sys
-    import time
-    with PortalServer(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 8000) as running:
+    import argparse
+    parser = argparse.ArgumentParser(description="serve ROOT as a loopback CryoET Data Portal")
+    parser.add_argument("root")
+    parser.add_argument("port", type=int, nargs="?", default=8000)
+    parser.add_argument("--latency_ms", type=float, default=0.0, help="wait before every answer")
+    parser.add_argument("--bandwidth_mb", type=float, default=0.0, help="MB/s shared by all answers (0: no limit)")
+    args = parser.parse_args()
+    with PortalServer(args.root, args.port) as running:
+        running.latency_s, running.bandwidth = args.latency_ms / 1000, args.bandwidth_mb * 1e6 or None
         print(f"serving {running.root} at {running.url} (GraphQL: {running.graphql_url}); Ctrl-C stops",
               flush=True)
         try:

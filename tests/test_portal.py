@@ -520,14 +520,14 @@ def _chunk_slices(portal):
 
 def test_download_resumes_and_fetches_only_the_selection(portal, tmp_path, monkeypatch):
     reference = os.path.join(portal.local, "project", "tilt_series", "TS_02.mrcs")
-    original, calls = zarr_images.ZarrArray.read_slab, []
+    original = zarr_images.ZarrArray.iter_slabs
 
-    def interrupted(array, cz, pool):
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        calls.append(cz)
-        return original(array, cz, pool)
-    monkeypatch.setattr(zarr_images.ZarrArray, "read_slab", interrupted)
+    def interrupted(array, pool, first_row=0):       # Ctrl-C once 5 slices are handed out
+        for k, slab in enumerate(original(array, pool, first_row)):
+            if k == 5:
+                raise KeyboardInterrupt
+            yield slab
+    monkeypatch.setattr(zarr_images.ZarrArray, "iter_slabs", interrupted)
     with working_directory(tmp_path), pytest.raises(KeyboardInterrupt):
         make_portal_project(_options(portal, tiltseries_id=400, download=True))
     part = tmp_path / "Portal/tilt_series/TS_02.mrcs.part"
@@ -535,7 +535,7 @@ def test_download_resumes_and_fetches_only_the_selection(portal, tmp_path, monke
     assert not (tmp_path / "Portal/tilt_series/TS_02.star").exists()    # no STAR file names a partial stack
     # the stack of the run not selected is never read
     assert not portal.server.requests("TS_01.zarr")
-    monkeypatch.setattr(zarr_images.ZarrArray, "read_slab", original)
+    monkeypatch.setattr(zarr_images.ZarrArray, "iter_slabs", original)
     with open(part, "ab") as fh:                                       # half a slice written when cut
         fh.write(b"\0" * 1000)
     portal.server.reset()

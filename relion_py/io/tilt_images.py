@@ -29,6 +29,10 @@ class TiltImages(ABC):
         frames: (n,) int64; origins: (n, 2) int64; out: (n, size, size) float32, written in place.
         """
 
+    def prefetch(self, frames, origins, size):
+        """A hint: the windows of ``size`` px at ``origins`` of ``frames`` will be read, in this order.
+        Remote readers start fetching their pixels; local ones need not do anything."""
+
     def pixel_stack(self, frames):
         """(stack, slices) if the pixels of ``frames`` are one (n_slices, H, W) float32 array (in memory or
         memory-mapped), frame ``frames[i]`` being ``stack[slices[i]]``, so that compiled code can cut the

@@ -36,6 +36,7 @@ shard index; a missing shard) is the array's ``fill_value``, as the zarr specs d
 """
 import json
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -74,7 +75,9 @@ class ZarrArray:
             raise RelionPyError(f"{self.location}/{self._key(self._meta_name)}: {exc}") from None
         self.shape, self.chunks = self.format.shape, self.format.chunks
         self.filled = set()        # read-chunk indices (cz, cy, cx) already in the buffer
-        self._shard_indexes = {}   # shard index -> (n0, n1, n2, 2) uint64
+        self._pending = {}         # read-chunk index -> Future of its load into the buffer
+        self._shard_indexes = {}   # shard index -> (n0, n1, n2, 2) uint64, or None: no such shard
+        self._shard_locks = {}
         self._buffer = None
         self._lock = threading.Lock()
 
@@ -120,34 +123,40 @@ class ZarrArray:
         except CorruptChunk as exc:
             raise TransientFault(f"chunk {exc}") from None
 
-    def _fetch_shard_index(self, shard):
-        key = self._key(self.format.key(tuple(s * n for s, n in zip(shard, self.format.per_shard))))
+    def _shard_index(self, shard):
+        """The decoded index of ``shard`` (None if the shard does not exist: all fill value), fetched by the
+        first thread that needs it while the others needing it wait."""
+        with self._lock:
+            lock = self._shard_locks.setdefault(shard, threading.Lock())
+        with lock:
+            if shard not in self._shard_indexes:
+                key = self._key(self.format.key(tuple(s * n for s, n in zip(shard, self.format.per_shard))))
 
-        def decode(data):
-            try:
-                return self.format.decode_index(data)
-            except CorruptChunk as exc:
-                raise TransientFault(f"shard index {exc}") from None
-        index = fetch(self.store, key, decode, missing_ok=True, byte_range=self.format.index_range())
-        self._shard_indexes[shard] = index   # None: the shard does not exist (all fill value)
+                def decode(data):
+                    try:
+                        return self.format.decode_index(data)
+                    except CorruptChunk as exc:
+                        raise TransientFault(f"shard index {exc}") from None
+                self._shard_indexes[shard] = fetch(self.store, key, decode, missing_ok=True,
+                                                   byte_range=self.format.index_range())
+            return self._shard_indexes[shard]
 
     def _fetch_block(self, index):
         """The decoded read chunk at ``index``, or None if it is not stored (fill value)."""
         if self.format.shard is None:
             return fetch(self.store, self.chunk_key(index), self._decode, missing_ok=True)
-        shard_index = self._shard_indexes[self.format.shard_of(index)]
+        shard_index = self._shard_index(self.format.shard_of(index))
         where = shard_index is not None and self.format.inner_range(shard_index, index)
         if not where:
             return None
         return fetch(self.store, self.chunk_key(index), self._decode, byte_range=where)
 
-    def _load(self, index, target=None, z0=0):
-        """Fetch, decode and copy one read chunk into ``target`` (the buffer by default), whose slice 0 is
-        array slice ``z0`` (worker thread; regions are disjoint)."""
+    def _load(self, index, target, z0=0):
+        """Fetch, decode and copy one read chunk into ``target``, whose slice 0 is array slice ``z0``
+        (worker thread; regions are disjoint)."""
         block = self._fetch_block(index)
         lo = [i * c for i, c in zip(index, self.chunks)]
         hi = [min(a + c, n) for a, c, n in zip(lo, self.chunks, self.shape)]
-        target = self._buffer if target is None else target
         region = target[lo[0] - z0:hi[0] - z0, lo[1]:hi[1], lo[2]:hi[2]]
         if block is None:
             if self.format.fill_value is None:
@@ -156,17 +165,37 @@ class ZarrArray:
             region[...] = self.format.fill_value
         else:
             region[...] = block[:hi[0] - lo[0], :hi[1] - lo[1], :hi[2] - lo[2]]
-        return index
 
-    def _load_all(self, indices, pool, target=None, z0=0):
-        """Load read chunks in parallel: first the indexes of the shards they lie in (sharded arrays)."""
-        if self.format.shard is not None:
-            shards = sorted({self.format.shard_of(i) for i in indices} - set(self._shard_indexes))
-            list(pool.map(self._fetch_shard_index, shards))
-        return list(pool.map(lambda index: self._load(index, target, z0), indices))
+    def _load_into_buffer(self, index):
+        loaded = False
+        try:
+            self._load(index, self._buffer)
+            loaded = True
+        finally:
+            with self._lock:
+                self._pending.pop(index, None)       # a failed load is tried again by the next request
+                if loaded:
+                    self.filled.add(index)
+
+    def _submit(self, indices, pool):
+        """Futures of the read chunks ``indices`` (in this order) landing in the window buffer: a load under
+        way is shared, a finished one skipped. Caller holds the lock."""
+        if self._buffer is None:
+            # zero pages are not committed until written: memory grows with the chunks read
+            self._buffer = np.zeros(self.shape, np.float32)
+        futures = []
+        for index in indices:
+            if index in self.filled:
+                continue
+            future = self._pending.get(index)
+            if future is None:
+                future = self._pending[index] = pool.submit(self._load_into_buffer, index)
+            futures.append(future)
+        return futures
 
     def chunks_touched(self, z, origins, size):
-        """Chunk indices overlapped by the clamped windows: z (n,) slice, origins (n, 2) (x0, y0)."""
+        """Read-chunk indices overlapped by the clamped windows, in the order of the windows that first
+        touch them: z (n,) slice, origins (n, 2) (x0, y0)."""
         depth, height, width = self.shape
         cz_, cy_, cx_ = self.chunks
         x = np.asarray(origins)[:, 0].astype(np.int64)
@@ -175,30 +204,52 @@ class ZarrArray:
                           np.clip(y, 0, height - 1) // cy_, np.clip(y + size - 1, 0, height - 1) // cy_,
                           np.clip(x, 0, width - 1) // cx_, np.clip(x + size - 1, 0, width - 1) // cx_],
                          axis=1)
-        touched = set()
-        for cz, y0, y1, x0, x1 in np.unique(spans, axis=0).tolist():
-            touched.update((cz, cy, cx) for cy in range(y0, y1 + 1) for cx in range(x0, x1 + 1))
-        return touched
+        touched = {}
+        for cz, y0, y1, x0, x1 in dict.fromkeys(map(tuple, spans.tolist())):
+            touched.update(((cz, cy, cx), None) for cy in range(y0, y1 + 1) for cx in range(x0, x1 + 1))
+        return list(touched)
+
+    def prefetch(self, z, origins, size, pool):
+        """Start fetching the read chunks of windows that will be read, in their order (the pool keeps
+        ``MAX_WORKERS`` requests in flight, which hides the latency of each)."""
+        with self._lock:
+            self._submit(self.chunks_touched(z, origins, size), pool)
 
     def read_windows(self, z, origins, out, pool):
         """Cut the clamped windows (pixel (0, 0) at ``origins``) of slices ``z`` into ``out``."""
         with self._lock:
-            if self._buffer is None:
-                # zero pages are not committed until written: memory grows with the chunks read
-                self._buffer = np.zeros(self.shape, np.float32)
-            todo = sorted(self.chunks_touched(z, origins, out.shape[1]) - self.filled)
-            self.filled.update(self._load_all(todo, pool))
+            futures = self._submit(self.chunks_touched(z, origins, out.shape[1]), pool)
+        for future in futures:
+            future.result()          # a chunk that could not be read raises its one-line error here
         gather_clamped_windows(self._buffer, z, origins, out)
 
-    def read_slab(self, cz, pool):
-        """The slices of chunk row ``cz`` (z chunk index) as a new float32 (depth, y, x) array, fetched
-        chunk by chunk past the window buffer (a download's memory is one chunk row)."""
-        z0 = cz * self.chunks[0]
-        slab = np.empty((min(z0 + self.chunks[0], self.shape[0]) - z0,) + self.shape[1:], np.float32)
-        rows, cols = (-(-n // c) for n, c in zip(self.shape[1:], self.chunks[1:]))
-        indices = [(cz, cy, cx) for cy in range(rows) for cx in range(cols)]
-        self._load_all(indices, pool, slab, z0)
-        return slab
+    def iter_slabs(self, pool, first_row=0):
+        """The slices of chunk rows ``first_row``, ``first_row + 1``, … (z chunk index) as new float32
+        (depth, y, x) arrays, in order, fetched past the window buffer. The chunks of the next rows are
+        fetched while a row is handed out (at most 2 × MAX_WORKERS chunks in flight or waiting), so the
+        link stays busy and memory is a few chunk rows whatever the stack size."""
+        rows = -(-self.shape[0] // self.chunks[0])
+        ny, nx = (-(-n // c) for n, c in zip(self.shape[1:], self.chunks[1:]))
+        pending, in_flight = deque(), 0
+        try:
+            for cz in range(first_row, rows + 1):
+                if cz < rows:
+                    z0 = cz * self.chunks[0]
+                    slab = np.empty((min(z0 + self.chunks[0], self.shape[0]) - z0,) + self.shape[1:], np.float32)
+                    futures = [pool.submit(self._load, (cz, cy, cx), slab, z0) for cy in range(ny)
+                               for cx in range(nx)]
+                    pending.append((slab, futures))
+                    in_flight += len(futures)
+                while pending and (in_flight >= 2 * MAX_WORKERS or cz == rows):
+                    slab, futures = pending.popleft()
+                    for future in futures:
+                        future.result()
+                    in_flight -= len(futures)
+                    yield slab
+        finally:
+            for _, futures in pending:
+                for future in futures:
+                    future.cancel()
 
     def close(self):
         self.store.close()
@@ -247,18 +298,27 @@ class ZarrTiltImages(TiltImages):
                 "requests": sum(a.store.requests for a in arrays),
                 "bytes": sum(a.store.bytes for a in arrays)}
 
-    def read_windows(self, frames, origins, out):
-        frames = np.asarray(frames, np.int64)
-        origins = np.asarray(origins, np.int64)
+    def _by_array(self, frames):
+        """(array, selection of ``frames`` in it) for every stack holding some of ``frames``."""
         for location, array in self._arrays.items():
             sel = np.flatnonzero(self._array_of_frame[frames] == location)
+            if len(sel):
+                yield array, sel
+
+    def prefetch(self, frames, origins, size):
+        frames, origins = np.asarray(frames, np.int64), np.asarray(origins, np.int64)
+        for array, sel in self._by_array(frames):
+            array.prefetch(self._slice_of_frame[frames[sel]], origins[sel], size, self._pool)
+
+    def read_windows(self, frames, origins, out):
+        frames, origins = np.asarray(frames, np.int64), np.asarray(origins, np.int64)
+        for array, sel in self._by_array(frames):
             if len(sel) == len(frames):
                 array.read_windows(self._slice_of_frame[frames], origins, out, self._pool)
                 return
-            if len(sel):
-                part = np.empty((len(sel),) + out.shape[1:], np.float32)
-                array.read_windows(self._slice_of_frame[frames[sel]], origins[sel], part, self._pool)
-                out[sel] = part
+            part = np.empty((len(sel),) + out.shape[1:], np.float32)
+            array.read_windows(self._slice_of_frame[frames[sel]], origins[sel], part, self._pool)
+            out[sel] = part
 
     def close(self):
         if getattr(self, "_pool", None) is not None:

@@ -1,8 +1,8 @@
 """Tilt series of the portal as local MRC stacks (``relion-py-portal --download``).
 
 Each OME-Zarr stack (level 0) becomes one float32 (mode 2) MRC stack, written chunk row by chunk row (one
-z chunk of the zarr array at a time, its chunks fetched in parallel), so memory is one chunk row whatever
-the size of the stack. The pixels are the float32 values relion_py's OME-Zarr reader gives
+z chunk of the zarr array at a time, while the chunks of the next rows are being fetched), so memory is a
+few chunk rows whatever the size of the stack. The pixels are the float32 values relion_py's OME-Zarr reader gives
 (:class:`relion_py.io.zarr_images.ZarrArray`), so extraction from the downloaded stack equals extraction
 from the portal bit for bit.
 
@@ -51,10 +51,9 @@ def download_stack(location, path, pixel_size, label):
             fh.seek(len(header) + done * depth * slice_bytes)
             if done:
                 info(f"{path}: resuming at slice {done * depth + 1} of {array.shape[0]}")
-            rows = -(-array.shape[0] // depth)
             with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="zarr-download") as pool:
-                for cz in range(done, rows):
-                    fh.write(array.read_slab(cz, pool).astype("<f4", copy=False).tobytes())
+                for slab in array.iter_slabs(pool, done):
+                    fh.write(slab.astype("<f4", copy=False).tobytes())
         if os.path.getsize(part) != size:
             raise RelionPyError(f"{part}: {os.path.getsize(part)} bytes written, expected {size}")
         os.replace(part, path)

@@ -243,6 +243,7 @@ class ParticleReconstruction:
             self._prepared = None                  # the previous tomogram's buffers go before the next's come
             self._prepared = (tt, _TomogramBackprojection(self, tt))
         tomo = self._prepared[1]
+        tomo.prefetch(tomo.batches[first], tomo.batches[end])
 
         def backproject_batch(b, acc):
             tomo.backproject(tomo.batches[first + b], tomo.batches[first + b + 1], acc)
@@ -371,6 +372,12 @@ class _TomogramBackprojection:
         info(f"Tomogram {tt + 1} / {len(run.tomograms)}: {tomo.name}, {len(selection)} particles, "
              f"{int(self.bounds[-1])} tilt images")
         self.workspaces = PerThread(lambda: _Workspace(tomo.n_frames, run.square, s))
+
+    def prefetch(self, first, end):
+        """Let the tilt-series reader start fetching the windows of visible particles first:end (remote
+        tilt series: requests in flight while the first particles are inserted)."""
+        items = self.items[self.bounds[first]:self.bounds[end]]
+        self.tomo.images.prefetch(items.frame, items.origins, self.square)
 
     def backproject(self, first, end, acc):
         """Insert visible particles first:end, in order, into ``acc`` (H, s, s, s//2+1, 3)."""

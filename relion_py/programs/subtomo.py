@@ -440,6 +440,8 @@ class _TomogramJob:
         self.pixel_size = self.weighting.pixel_size         # nominal binned pixel size (CTF, dose, header)
         self.bounds, self.items, self.ctf_params, self.groups = particle_tilt_items(
             tomo, particles, geom, selection, sizes.square, opts.bin, sizes.box)
+        # a remote tilt series starts fetching the windows of all these particles, in order
+        tomo.images.prefetch(self.items.frame, self.items.origins, sizes.square)
         self.crop = not opts.no_circle_crop or opts.grid_precorr
         if not opts.stack2d:
             a_sub = particles.subtomogram_matrices(geom.rows)
