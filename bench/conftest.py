@@ -32,13 +32,14 @@ def pytest_collect_file(file_path, parent):
 
 
 @contextlib.contextmanager
-def portal_server(root, latency_ms=0.0, bandwidth_mb=0.0):
+def portal_server(root, latency_ms=0.0, bandwidth_mb=0.0, port=None):
     """tests/portal_server.py serving ``root`` in a child process (so that it does not compete with the
     client for the GIL), optionally ``latency_ms`` before every answer and ``bandwidth_mb`` MB/s shared by
-    all answers; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    all answers, on ``port`` (a free one by default); yields its URL."""
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     child = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "portal_server.py"), str(root), str(port),
                               "--latency_ms", str(latency_ms), "--bandwidth_mb", str(bandwidth_mb)],
                              stdout=subprocess.PIPE, text=True)

@@ -125,10 +125,9 @@ class PortalServer:
             if trickle:
                 time.sleep(0.2)
             elif self.bandwidth:
-                with self._lock:
-                    begin = max(time.monotonic(), self._link_free)
-                    self._link_free = begin + len(part) / self.bandwidth
-                delay = self._link_free - time.monotonic()
+                with self._lock:       # the piece is on the link from begin to its end
+                    end = self._link_free = max(time.monotonic(), self._link_free) + len(part) / self.bandwidth
+                delay = end - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
             wfile.write(part)
@@ -223,19 +222,21 @@ def _handler(server):
                 return self._send(404, b"<?xml version='1.0'?><Error><Code>NoSuchKey</Code>"
                                        b"<Message>The specified key does not exist.</Message></Error>",
                                   "application/xml")
-            with open(path, "rb") as fh:
-                data = fh.read()
+            size = os.path.getsize(path)
             wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
             if wanted and wanted.group(1):
                 first = int(wanted.group(1))
-                last = min(int(wanted.group(2)) if wanted.group(2) else len(data) - 1, len(data) - 1)
+                last = min(int(wanted.group(2)) if wanted.group(2) else size - 1, size - 1)
             elif wanted and wanted.group(2):
-                first, last = max(len(data) - int(wanted.group(2)), 0), len(data) - 1
+                first, last = max(size - int(wanted.group(2)), 0), size - 1
             else:
-                return self._send(200, data)
+                with open(path, "rb") as fh:
+                    return self._send(200, fh.read())
             if first > last:
                 return self._send(416, b"range not satisfiable")
-            self._send(206, data[first:last + 1], content_range=f"bytes {first}-{last}/{len(data)}")
+            with open(path, "rb") as fh:                # only the range: shards are read piece by piece
+                fh.seek(first)
+                self._send(206, fh.read(last + 1 - first), content_range=f"bytes {first}-{last}/{size}")
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))

@@ -30,7 +30,7 @@ def bytes_fetched():
 
 ATTEMPTS = 4            # tries per remote object before giving up
 BACKOFF_S = 0.25        # first retry delay; doubles after every failed try
-MAX_WORKERS = 8         # requests in flight per array: hides ~50 ms of latency per request (bench/remote.md)
+MAX_IN_FLIGHT = 32      # connections kept per store: the most requests a reader keeps in flight
 
 
 def request_timeout():
@@ -126,7 +126,7 @@ class _HttpStore(_Store):
         self.base = base.rstrip("/")
         self.timeout = request_timeout()
         timeout = urllib3.Timeout(connect=min(10.0, self.timeout), read=self.timeout)
-        self._pool = urllib3.PoolManager(maxsize=MAX_WORKERS, retries=False, timeout=timeout)
+        self._pool = urllib3.PoolManager(maxsize=MAX_IN_FLIGHT, retries=False, timeout=timeout)
 
     def where(self, key):
         return f"{self.base}/{quote(key)}"
@@ -189,7 +189,7 @@ class _S3Store(_Store):
             "s3", endpoint_url=os.environ.get("BOTO_ENDPOINT_URL") or None,
             config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1, "mode": "standard"},
                           connect_timeout=min(10.0, timeout), read_timeout=timeout,
-                          max_pool_connections=MAX_WORKERS))
+                          max_pool_connections=MAX_IN_FLIGHT))
 
     def _key(self, key):
         return f"{self.prefix}/{key}" if self.prefix else key

@@ -37,15 +37,20 @@ shard index; a missing shard) is the array's ``fill_value``, as the zarr specs d
 import json
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
 from ..runtime.errors import RelionPyError
 from ..kernels.tomography.windows import gather_clamped_windows
-from .remote import MAX_WORKERS, TransientFault, fetch, open_store
+from .remote import MAX_IN_FLIGHT, TransientFault, fetch, open_store
 from .tilt_images import TiltImages
 from .zarr_format import ArrayFormat, CorruptChunk, ZarrFormatError, level0_path
+
+
+# Requests kept in flight: enough for IN_FLIGHT_BYTES of chunks, so that a link's bandwidth-delay product
+# (e.g. 100 MB/s x 50 ms = 5 MB) is covered whatever the chunk size (bench/remote.md), between 8 and MAX_IN_FLIGHT.
+IN_FLIGHT_BYTES = 8 << 20
 
 
 def _json(store, key, missing_ok=False):
@@ -76,8 +81,7 @@ class ZarrArray:
         self.shape, self.chunks = self.format.shape, self.format.chunks
         self.filled = set()        # read-chunk indices (cz, cy, cx) already in the buffer
         self._pending = {}         # read-chunk index -> Future of its load into the buffer
-        self._shard_indexes = {}   # shard index -> (n0, n1, n2, 2) uint64, or None: no such shard
-        self._shard_locks = {}
+        self._index_futures = {}   # shard -> Future of its index ((n0, n1, n2, 2) uint64, None: no shard)
         self._buffer = None
         self._lock = threading.Lock()
 
@@ -113,6 +117,12 @@ class ZarrArray:
     def _key(self, name):
         return f"{self.path}/{name}" if self.path else name
 
+    @property
+    def requests_in_flight(self):
+        """How many read-chunk requests to keep in flight (``IN_FLIGHT_BYTES`` of decoded chunks)."""
+        nbytes = int(np.prod(self.chunks)) * self.format.dtype.itemsize
+        return int(np.clip(-(-IN_FLIGHT_BYTES // nbytes), 8, MAX_IN_FLIGHT))
+
     def chunk_key(self, index):
         """Storage key of the chunk (or shard) holding read chunk ``index``."""
         return self._key(self.format.key(index))
@@ -123,29 +133,34 @@ class ZarrArray:
         except CorruptChunk as exc:
             raise TransientFault(f"chunk {exc}") from None
 
-    def _shard_index(self, shard):
-        """The decoded index of ``shard`` (None if the shard does not exist: all fill value), fetched by the
-        first thread that needs it while the others needing it wait."""
-        with self._lock:
-            lock = self._shard_locks.setdefault(shard, threading.Lock())
-        with lock:
-            if shard not in self._shard_indexes:
-                key = self._key(self.format.key(tuple(s * n for s, n in zip(shard, self.format.per_shard))))
+    def _fetch_shard_index(self, shard):
+        key = self._key(self.format.key(tuple(s * n for s, n in zip(shard, self.format.per_shard))))
 
-                def decode(data):
-                    try:
-                        return self.format.decode_index(data)
-                    except CorruptChunk as exc:
-                        raise TransientFault(f"shard index {exc}") from None
-                self._shard_indexes[shard] = fetch(self.store, key, decode, missing_ok=True,
-                                                   byte_range=self.format.index_range())
-            return self._shard_indexes[shard]
+        def decode(data):
+            try:
+                return self.format.decode_index(data)
+            except CorruptChunk as exc:
+                raise TransientFault(f"shard index {exc}") from None
+        # None: the shard does not exist (all fill value)
+        return fetch(self.store, key, decode, missing_ok=True, byte_range=self.format.index_range())
+
+    def _request_shard_indexes(self, indices, pool):
+        """Submit the fetch of the indexes of the shards holding read chunks ``indices``, unless under way or
+        done (a failed one is tried again) — before the chunks' own loads, which the pool starts later (FIFO)
+        and which wait for them, so that the index requests are in flight together instead of one by one."""
+        if self.format.shard is None:
+            return
+        with self._lock:
+            for shard in dict.fromkeys(self.format.shard_of(i) for i in indices):
+                future = self._index_futures.get(shard)
+                if future is None or (future.done() and future.exception() is not None):
+                    self._index_futures[shard] = pool.submit(self._fetch_shard_index, shard)
 
     def _fetch_block(self, index):
         """The decoded read chunk at ``index``, or None if it is not stored (fill value)."""
         if self.format.shard is None:
             return fetch(self.store, self.chunk_key(index), self._decode, missing_ok=True)
-        shard_index = self._shard_index(self.format.shard_of(index))
+        shard_index = self._index_futures[self.format.shard_of(index)].result()
         where = shard_index is not None and self.format.inner_range(shard_index, index)
         if not where:
             return None
@@ -211,14 +226,19 @@ class ZarrArray:
 
     def prefetch(self, z, origins, size, pool):
         """Start fetching the read chunks of windows that will be read, in their order (the pool keeps
-        ``MAX_WORKERS`` requests in flight, which hides the latency of each)."""
+        :attr:`requests_in_flight` requests in flight, which hides the latency of each)."""
+        touched = self.chunks_touched(z, origins, size)
+        self._request_shard_indexes(touched, pool)
         with self._lock:
-            self._submit(self.chunks_touched(z, origins, size), pool)
+            self._submit(touched, pool)
 
     def read_windows(self, z, origins, out, pool):
         """Cut the clamped windows (pixel (0, 0) at ``origins``) of slices ``z`` into ``out``."""
+        touched = self.chunks_touched(z, origins, out.shape[1])
+        self._request_shard_indexes(touched, pool)
         with self._lock:
-            futures = self._submit(self.chunks_touched(z, origins, out.shape[1]), pool)
+            futures = self._submit(touched, pool)
+        wait(futures)                # all of them, so that none of this request is still under way after an error
         for future in futures:
             future.result()          # a chunk that could not be read raises its one-line error here
         gather_clamped_windows(self._buffer, z, origins, out)
@@ -226,10 +246,12 @@ class ZarrArray:
     def iter_slabs(self, pool, first_row=0):
         """The slices of chunk rows ``first_row``, ``first_row + 1``, … (z chunk index) as new float32
         (depth, y, x) arrays, in order, fetched past the window buffer. The chunks of the next rows are
-        fetched while a row is handed out (at most 2 × MAX_WORKERS chunks in flight or waiting), so the
+        fetched while a row is handed out (at most 2 × requests_in_flight in flight or waiting), so the
         link stays busy and memory is a few chunk rows whatever the stack size."""
         rows = -(-self.shape[0] // self.chunks[0])
         ny, nx = (-(-n // c) for n, c in zip(self.shape[1:], self.chunks[1:]))
+        self._request_shard_indexes([(cz, cy, cx) for cz in range(first_row, rows) for cy in range(ny)
+                                     for cx in range(nx)], pool)       # small: 16 bytes per inner chunk
         pending, in_flight = deque(), 0
         try:
             for cz in range(first_row, rows + 1):
@@ -240,7 +262,7 @@ class ZarrArray:
                                for cx in range(nx)]
                     pending.append((slab, futures))
                     in_flight += len(futures)
-                while pending and (in_flight >= 2 * MAX_WORKERS or cz == rows):
+                while pending and (in_flight >= 2 * self.requests_in_flight or cz == rows):
                     slab, futures = pending.popleft()
                     for future in futures:
                         future.result()
@@ -259,7 +281,7 @@ class ZarrArray:
 class ZarrTiltImages(TiltImages):
     """Frames of a tilt series stored in one or more OME-Zarr stacks (local, http(s), s3)."""
 
-    def __init__(self, locations, max_workers=MAX_WORKERS):
+    def __init__(self, locations):
         """locations: list of (location, 0-based slice index) per frame."""
         self._arrays = {}
         array_of_frame, self._slice_of_frame = [], np.empty(len(locations), np.int64)
@@ -287,7 +309,8 @@ class ZarrTiltImages(TiltImages):
         self.n_frames = len(locations)
         self.image_size = (int(shapes[first][1]), int(shapes[first][0]))
         self._array_of_frame = np.array(array_of_frame, dtype=object)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="zarr-fetch")
+        workers = max(a.requests_in_flight for a in self._arrays.values())
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="zarr-fetch")
 
     @property
     def stats(self):

@@ -15,7 +15,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from ..io.mrc import stack_header
-from ..io.zarr_images import MAX_WORKERS, ZarrArray
+from ..io.zarr_images import ZarrArray
 from ..runtime.errors import RelionPyError
 from ..runtime.log import info
 
@@ -51,7 +51,7 @@ def download_stack(location, path, pixel_size, label):
             fh.seek(len(header) + done * depth * slice_bytes)
             if done:
                 info(f"{path}: resuming at slice {done * depth + 1} of {array.shape[0]}")
-            with ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="zarr-download") as pool:
+            with ThreadPoolExecutor(max_workers=array.requests_in_flight, thread_name_prefix="zarr-download") as pool:
                 for slab in array.iter_slabs(pool, done):
                     fh.write(slab.astype("<f4", copy=False).tobytes())
         if os.path.getsize(part) != size:
