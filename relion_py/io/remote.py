@@ -7,8 +7,8 @@ bodies, bodies trickling in slower than the deadline allows) with exponential ba
 cannot be read raises a one-line :class:`RelionPyError` naming the URL. Every request must complete within
 ``RELION_PY_REMOTE_TIMEOUT`` seconds (default 60: a 4-MB chunk at 70 kB/s), so a failing read gives up
 after at most ``ATTEMPTS`` × that plus the back-off (4 min 2 s by default). Reads can be byte ranges (HTTP
-``Range``, S3 ``Range``, a seek on disk): the inner chunks and indexes of sharded zarr arrays. Anonymous S3 goes through boto3 with unsigned requests; ``BOTO_ENDPOINT_URL`` points it at another
-endpoint, as in the cryoet-data-portal client (``cryoet_data_portal/_file_tools.py: get_anon_s3_client``).
+``Range``, S3 ``Range``, a seek on disk): the inner chunks and indexes of sharded zarr arrays. Anonymous S3
+goes through boto3 with unsigned requests; ``BOTO_ENDPOINT_URL`` points it at another endpoint, as in the cryoet-data-portal client (``cryoet_data_portal/_file_tools.py: get_anon_s3_client``).
 """
 import os
 import posixpath
