@@ -20,6 +20,7 @@ from cluster_helpers import assert_same_files
 from conftest import compare_with_relion, working_directory
 from conftest_portal import CHUNKS
 from portal_server import PortalServer
+from zarr_copies import LAYOUTS, write_copies
 from scipy.spatial.transform import Rotation
 
 from relion_py.cli.extract import main as extract_main
@@ -375,14 +376,20 @@ def test_remote_extraction_reads_only_visible_windows(portal, tmp_path, monkeypa
           f"the windows = {nbytes / whole:.1%} of the tilt series")
 
 
-def test_local_zarr_extraction_equals_local(portal, tmp_path):
-    """The same reader on the portal-shaped OME-Zarr copied to local disk."""
+@pytest.mark.parametrize("layout", ["portal copy", "v3", "v3-codecs", "v3-sharded"])
+def test_local_zarr_extraction_equals_local(portal, tmp_path, layout):
+    """The same reader on the portal-shaped OME-Zarr copied to local disk, and on the tilt series rewritten
+    by zarr-python 3 as zarr format 3 (OME-Zarr 0.5), with every codec, and sharded."""
     reference = _extract_local(portal, EXTRACT_2D, "Extract2D")
     with working_directory(tmp_path):
         make_portal_project(_options(portal, o="project/"))
-        for name in ("TS_01", "TS_02"):
-            local_zarr = os.path.join("zarr", f"{name}.zarr")
-            shutil.copytree(portal.zarr_path(name), local_zarr)
+        for k, name in enumerate(("TS_01", "TS_02")):
+            if layout == "portal copy":
+                local_zarr = os.path.join("zarr", f"{name}.zarr")
+                shutil.copytree(portal.zarr_path(name), local_zarr)
+            else:
+                local_zarr = write_copies(portal.sim.tilt_series[k].stack, os.path.join("zarr", name),
+                                          {layout: LAYOUTS[layout]})[layout]
             path = os.path.join("project", "tilt_series", f"{name}.star")
             with open(path) as fh:
                 text = fh.read()
