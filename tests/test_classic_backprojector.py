@@ -124,19 +124,20 @@ def test_slab_batches_equal_direct_insertion(dim, nn):
         f = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
         w = rng.random(shape) - 0.1                                         # some weights <= 0: skipped
         ainv = inverse_3x3(a) * grid.pf
+        scratch = buf.scratch(shape)
         if dim == 2:
             args = (f, w, ainv, grid.max_r2, grid.min_r2_nn, nn)
             backproject_2d_to_3d(direct, *args, center_sign=True, zero_dc=True)
-            counts, fill = buf.count_2d(*args), buf.fill_2d
+            counts = buf.resolve_2d(scratch, *args)
         else:
             args = (f, w, ainv, grid.r_max_ref_2, grid.r_min_nn_ref_2, nn)
             backrotate_3d(direct, *args, center_sign=True, zero_dc=True)
-            counts, fill = buf.count_3d(*args), buf.fill_3d
+            counts = buf.resolve_3d(scratch, *args)
         starts = buf.reserve(counts)
         if starts is None:
             buf.insert(batched)
             starts = buf.reserve(counts)
-        fill(starts, *args)
+        buf.place(starts, scratch, counts)
     buf.insert(batched)
     assert np.abs(batched - direct).max() <= 1e-12 * np.abs(direct).max()
     assert np.count_nonzero(direct[..., 2]) > 100

@@ -96,18 +96,16 @@ def _slab_of(mode, zp, off, slab_h):
 
 
 @njit(inline="always")
-def _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, starts, entries):
-    """One insertion of a walk: task 0 adds it to ``acc`` now; task 1 counts it in its slab; task 2 stores
-    it as an entry of its slab (the weight's sign marks nearest-neighbour entries; weights are > 0)."""
+def _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, entries):
+    """One insertion of a walk: task 0 adds it to ``acc`` now; task 1 appends it to ``entries`` (in walk
+    order, ``counts[-1]`` the running total) and counts it in its slab (the weight's sign marks
+    nearest-neighbour entries; weights are > 0)."""
     if task == 0:
         _add_entry(acc, off, xp, yp, zp, vr, vi, wt, mode)
         return
-    slab = _slab_of(mode, zp, off, slab_h)
-    if task == 1:
-        counts[slab] += 1
-        return
-    e = entries[starts[slab]]
-    starts[slab] += 1
+    counts[_slab_of(mode, zp, off, slab_h)] += 1
+    e = entries[counts[-1]]
+    counts[-1] += 1
     e[0] = xp
     e[1] = yp
     e[2] = zp
@@ -118,9 +116,9 @@ def _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, starts, 
 
 @njit
 def _walk_2d(acc, f2d, fctf, ainv, max_r2, min_r2_nn, nn, center_sign, zero_dc, grid_shape, slab_h, counts,
-             starts, entries, task):
+             entries, task):
     """The pixel loop of ``BackProjector::backproject2Dto3D`` (identity magnification, no Ewald sphere).
-    task 0: insert into acc; 1: count entries per slab; 2: write entries (sorted by slab) from ``starts``."""
+    task 0: insert into acc; 1: write the entries in walk order and count them per slab (``_emit``)."""
     s = f2d.shape[0]
     sh = f2d.shape[1]
     zdim, ydim, xdim = grid_shape[0], grid_shape[1], grid_shape[2]
@@ -177,12 +175,12 @@ def _walk_2d(acc, f2d, fctf, ainv, max_r2, min_r2_nn, nn, center_sign, zero_dc, 
             mode, xp, yp, zp, vi = _resolve(xp, yp, zp, vi, use_nn, xdim, ydim, zdim, off, True)
             if mode == 0:
                 continue
-            _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, starts, entries)
+            _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, entries)
 
 
 @njit
 def _walk_3d(acc, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn, center_sign, zero_dc, grid_shape, slab_h,
-             counts, starts, entries, task):
+             counts, entries, task):
     """The voxel loop of ``BackProjector::backrotate3D``; tasks as in ``_walk_2d``."""
     nz, ny, nx = f3d.shape
     off = (grid_shape[1] - 1) // 2
@@ -229,7 +227,7 @@ def _walk_3d(acc, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn, center_sign,
                     vi = 0.0
                 use_nn = nn and not r_ref_2 < r_min_nn_ref_2
                 mode, xp, yp, zp, vi = _resolve(xp, yp, zp, vi, use_nn, 0, 0, 0, off, False)
-                _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, starts, entries)
+                _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, entries)
 
 
 _NO_I = np.zeros(1, np.int64)
@@ -259,7 +257,7 @@ def backproject_2d_to_3d(acc, f2d, fctf, ainv, max_r2, min_r2_nn, nn=False, cent
     if f2d.shape != fctf.shape or f2d.ndim != 2:
         raise ValueError("backproject_2d_to_3d: f2d and fctf must have the same 2-D shape")
     _walk_2d(acc, f2d, fctf, np.ascontiguousarray(ainv, np.float64), int(max_r2), float(min_r2_nn), bool(nn),
-             bool(center_sign), bool(zero_dc), np.array(acc.shape[:3], np.int64), 1, _NO_I, _NO_I, _NO_E, 0)
+             bool(center_sign), bool(zero_dc), np.array(acc.shape[:3], np.int64), 1, _NO_I, _NO_E, 0)
 
 
 def backrotate_3d(acc, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn=False, center_sign=False,
@@ -279,8 +277,7 @@ def backrotate_3d(acc, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn=False, c
     check_accumulator(acc)
     _check_3d(acc.shape[0], f3d, fctf, r_max_ref_2)
     _walk_3d(acc, f3d, fctf, np.ascontiguousarray(ainv, np.float64), int(r_max_ref_2), int(r_min_nn_ref_2),
-             bool(nn), bool(center_sign), bool(zero_dc), np.array(acc.shape[:3], np.int64), 1, _NO_I, _NO_I,
-             _NO_E, 0)
+             bool(nn), bool(center_sign), bool(zero_dc), np.array(acc.shape[:3], np.int64), 1, _NO_I, _NO_E, 0)
 
 
 def _check_3d(pad, f3d, fctf, r_max_ref_2):
@@ -294,9 +291,11 @@ def _check_3d(pad, f3d, fctf, r_max_ref_2):
 class SlabEntries:
     """Insertion of many images at once, with the padded grid visited slab by slab (memory-bound otherwise).
 
-    Each image is first *resolved* (``count_*`` then ``reserve`` then ``fill_*``: the exact pixel/voxel loop
-    of ``backproject2Dto3D`` / ``backrotate3D``) into entries (x, y, z, re, im, ±weight) sorted by the
-    destination slab of ``slab_h`` z planes; ``insert`` then adds all entries of all images slab by slab
+    Each image is first *resolved* (``resolve_2d`` / ``resolve_3d``: the exact pixel/voxel loop of
+    ``backproject2Dto3D`` / ``backrotate3D``, run once) into entries (x, y, z, re, im, ±weight) in a scratch
+    array, in walk order, counted per destination slab of ``slab_h`` z planes; ``reserve`` then gives it room
+    in the shared buffer in image order and ``place`` copies its entries there sorted by slab (a stable
+    counting sort: walk order kept within a slab); ``insert`` adds all entries of all images slab by slab
     (even slabs in parallel, then odd ones: a splat reaches one plane into the next slab), so that the
     destination planes stay in cache while every image passes. The sum per voxel equals the image-by-image
     insertion up to the order of the additions, which is fixed (it does not depend on the thread count).
@@ -312,9 +311,15 @@ class SlabEntries:
         self.starts = []        # per image: (n_slabs,) start of each slab's entries
         self.counts = []
 
+    @staticmethod
+    def scratch(shape):
+        """Room for the entries of one image of half-grid ``shape`` (at most one per pixel / voxel)."""
+        return np.empty((int(np.prod(shape)), 6))
+
     def reserve(self, counts):
-        """Room for one image's entries (``counts`` per slab, from ``count_2d``/``count_3d``), in call order:
-        the start of each slab's run, or None when the buffer is full (``insert`` empties it)."""
+        """Room for one image's entries (``counts`` per slab, from ``resolve_*``), in call order: the start
+        of each slab's run, or None when the buffer is full (``insert`` empties it)."""
+        counts = counts[:-1]
         n = int(counts.sum())
         if self.used + n > len(self.entries):
             return None
@@ -327,31 +332,27 @@ class SlabEntries:
         self.counts.append(counts)
         return starts.copy()
 
-    def count_2d(self, f2d, fctf, ainv, max_r2, min_r2_nn, nn=False):
-        """Entries per slab of one 2-D image (arguments as ``backproject_2d_to_3d``)."""
-        counts = np.zeros(self.n_slabs, np.int64)
-        _walk_2d(_NO_ACC, f2d, fctf, ainv, int(max_r2), float(min_r2_nn), bool(nn), False, False,
-                 self.grid_shape, self.slab_h, counts, _NO_I, _NO_E, 1)
-        return counts
-
-    def count_3d(self, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn=False):
-        """Entries per slab of one 3-D subtomogram (arguments as ``backrotate_3d``)."""
-        _check_3d(self.grid_shape[0], f3d, fctf, r_max_ref_2)
-        counts = np.zeros(self.n_slabs, np.int64)
-        _walk_3d(_NO_ACC, f3d, fctf, ainv, int(r_max_ref_2), int(r_min_nn_ref_2), bool(nn), False, False,
-                 self.grid_shape, self.slab_h, counts, _NO_I, _NO_E, 1)
-        return counts
-
-    def fill_2d(self, starts, f2d, fctf, ainv, max_r2, min_r2_nn, nn=False, center_sign=True, zero_dc=True):
-        """Write one 2-D image's entries at the room ``reserve`` gave (thread-safe for different images)."""
+    def resolve_2d(self, scratch, f2d, fctf, ainv, max_r2, min_r2_nn, nn=False, center_sign=True, zero_dc=True):
+        """One 2-D image's entries into ``scratch`` (arguments as ``backproject_2d_to_3d``); returns the
+        counts per slab, then the total (n_slabs + 1,)."""
+        counts = np.zeros(self.n_slabs + 1, np.int64)
         _walk_2d(_NO_ACC, f2d, fctf, ainv, int(max_r2), float(min_r2_nn), bool(nn), bool(center_sign),
-                 bool(zero_dc), self.grid_shape, self.slab_h, _NO_I, starts, self.entries, 2)
+                 bool(zero_dc), self.grid_shape, self.slab_h, counts, scratch, 1)
+        return counts
 
-    def fill_3d(self, starts, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn=False, center_sign=True,
-                zero_dc=True):
-        """Write one 3-D subtomogram's entries at the room ``reserve`` gave."""
+    def resolve_3d(self, scratch, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn=False, center_sign=True,
+                   zero_dc=True):
+        """One 3-D subtomogram's entries into ``scratch`` (arguments as ``backrotate_3d``)."""
+        _check_3d(self.grid_shape[0], f3d, fctf, r_max_ref_2)
+        counts = np.zeros(self.n_slabs + 1, np.int64)
         _walk_3d(_NO_ACC, f3d, fctf, ainv, int(r_max_ref_2), int(r_min_nn_ref_2), bool(nn), bool(center_sign),
-                 bool(zero_dc), self.grid_shape, self.slab_h, _NO_I, starts, self.entries, 2)
+                 bool(zero_dc), self.grid_shape, self.slab_h, counts, scratch, 1)
+        return counts
+
+    def place(self, starts, scratch, counts):
+        """Copy one image's resolved entries to the room ``reserve`` gave (thread-safe for different images)."""
+        _place_by_slab(self.entries, starts.copy(), scratch, int(counts[-1]), (int(self.grid_shape[1]) - 1) // 2,
+                       self.slab_h)
 
     def insert(self, acc):
         """Add every resolved entry to the accumulator and empty the buffer."""
@@ -360,6 +361,15 @@ class SlabEntries:
             _insert_slabs(acc, self.entries, np.array(self.starts), np.array(self.counts), self.slab_h)
         self.used = 0
         self.starts, self.counts = [], []
+
+
+@njit
+def _place_by_slab(entries, starts, scratch, n, off, slab_h):
+    for m in range(n):
+        e = scratch[m]
+        slab = _slab_of(1 if e[5] > 0.0 else 2, e[2], off, slab_h)
+        entries[starts[slab]] = e
+        starts[slab] += 1
 
 
 @njit(parallel=True)

@@ -144,18 +144,12 @@ class ParticleInserter:
             fctf = fctf * parts.fom[p]
         return f, fctf
 
-    def count(self, p, f, fctf, buf):
+    def resolve(self, p, f, fctf, buf, scratch):
+        """Particle p's insertion entries into ``scratch``; returns their counts per slab and total."""
         g, nn = self.grid, self.opts.NN
         if f.ndim == 2:
-            return buf.count_2d(f, fctf, self.ainv[p], g.max_r2, g.min_r2_nn, nn)
-        return buf.count_3d(f, fctf, self.ainv[p], g.r_max_ref_2, g.r_min_nn_ref_2, nn)
-
-    def fill(self, p, f, fctf, buf, starts):
-        g, nn = self.grid, self.opts.NN
-        if f.ndim == 2:
-            buf.fill_2d(starts, f, fctf, self.ainv[p], g.max_r2, g.min_r2_nn, nn)
-        else:
-            buf.fill_3d(starts, f, fctf, self.ainv[p], g.r_max_ref_2, g.r_min_nn_ref_2, nn)
+            return buf.resolve_2d(scratch, f, fctf, self.ainv[p], g.max_r2, g.min_r2_nn, nn)
+        return buf.resolve_3d(scratch, f, fctf, self.ainv[p], g.r_max_ref_2, g.r_min_nn_ref_2, nn)
 
     def insert(self, p, f, fctf, acc):
         """Direct insertion of one particle (for an image too large for the entry buffer)."""
@@ -227,10 +221,10 @@ SLAB_BYTES = 2**20
 class GridInsertion:
     """Insertion of ranges of particles into an accumulator.
 
-    Particles go through in chunks of ``threads``: read, transform and weigh them in parallel
-    (``ParticleInserter.prepare``), count their entries per slab, reserve buffer room in particle order, resolve
-    them in parallel, and when the buffer is full insert the whole batch slab by slab
-    (``SlabEntries.insert``). The result does not depend on the number of threads.
+    Particles go through in chunks of ``threads``: read, transform, weigh and resolve them into their own
+    scratch arrays in parallel (``ParticleInserter.prepare``, ``SlabEntries.resolve_*``), reserve buffer room
+    in particle order, copy them there sorted by slab in parallel, and when the buffer is full insert the
+    whole batch slab by slab (``SlabEntries.insert``). The result does not depend on the number of threads.
     """
 
     def __init__(self, opts, parts, grid, n_box, angpix, data_dim, reader, threads):
@@ -239,6 +233,12 @@ class GridInsertion:
         shape = (pad, pad, pad // 2 + 1)
         self.buf = SlabEntries(shape, max(2, SLAB_BYTES // (shape[1] * shape[2] * 24)), ENTRY_BUFFER_BYTES // 48)
         self.threads = threads
+        self.scratch = [None] * threads      # one per particle of a chunk, reused chunk after chunk
+
+    def _scratch(self, k, shape):
+        if self.scratch[k] is None or len(self.scratch[k]) < np.prod(shape):
+            self.scratch[k] = self.buf.scratch(shape)
+        return self.scratch[k]
 
     def insert(self, first, end, acc):
         """Add particles first:end, in order, to ``acc`` (an insertion accumulator of the grid)."""
@@ -250,25 +250,27 @@ class GridInsertion:
                 return [func(*item) for item in items]
             return list(pool.map(lambda item: func(*item), items))
 
-        def prepare(p):
+        def prepare(p, k):
             f, fctf = inserter.prepare(p)
-            return p, f, fctf, inserter.count(p, f, fctf, buf)
+            scratch = self._scratch(k, f.shape)
+            return p, f, fctf, scratch, inserter.resolve(p, f, fctf, buf, scratch)
 
         try:
             for chunk in range(first, end, threads):
                 todo = []
-                for p, f, fctf, counts in run(prepare, [(p,) for p in range(chunk, min(end, chunk + threads))]):
+                for p, f, fctf, scratch, counts in run(prepare, [(p, p - chunk) for p in
+                                                                 range(chunk, min(end, chunk + threads))]):
                     starts = buf.reserve(counts)
                     if starts is None:                       # buffer full: flush the batch
-                        run(inserter.fill, todo)
+                        run(buf.place, todo)
                         todo = []
                         buf.insert(acc)
                         starts = buf.reserve(counts)
                     if starts is None:                       # larger than the whole buffer
                         inserter.insert(p, f, fctf, acc)
                     else:
-                        todo.append((p, f, fctf, buf, starts))
-                run(inserter.fill, todo)
+                        todo.append((starts, scratch, counts))
+                run(buf.place, todo)
             buf.insert(acc)
         finally:
             if pool is not None:
