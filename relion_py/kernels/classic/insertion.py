@@ -206,15 +206,17 @@ def _walk_3d(acc, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn, center_sign,
             yf = float(y)
             zf = float(z)
             for x in range(x_min, x_max + 1):
+                # both tests skip the voxel, so their order does not matter; the weight's is cheaper and
+                # often true (missing wedge, dose cut-off of pseudo-subtomograms)
+                wt = fctf[k, i, x]
+                if wt <= 0.0:
+                    continue
                 xf = float(x)
                 xp = a00 * xf + a01 * yf + a02 * zf
                 yp = a10 * xf + a11 * yf + a12 * zf
                 zp = a20 * xf + a21 * yf + a22 * zf
                 r_ref_2 = int(xp * xp + yp * yp + zp * zp)
                 if r_ref_2 > r_max_ref_2:
-                    continue
-                wt = fctf[k, i, x]
-                if wt <= 0.0:
                     continue
                 v = f3d[k, i, x]
                 vr = v.real
