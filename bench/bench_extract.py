@@ -5,15 +5,11 @@
 """
 import os
 import shutil
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from conftest import bench_root, cli, relion_anchor, relion_binary, report, timed_run
 
-FIXTURES = Path(__file__).parent.parent / "tests" / "data" / "fixtures"
 STACK2D_ARGS = ["--t", "project/tomograms.star", "--p", "project/particles.star", "--stack2d"]
 
 
@@ -111,22 +107,3 @@ def test_subtomo_3d_throughput(benchmark, threads):
     finally:
         shutil.rmtree(out, ignore_errors=True)
     report(benchmark, **figures)
-
-
-def test_jit_compile_time(benchmark):
-    """Cold (empty Numba cache) and cached start-up of a small extraction (fixture case a)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, NUMBA_CACHE_DIR=str(Path(tmp) / "numba_cache"))
-        project = Path(tmp) / "project"
-        project.mkdir()
-        (project / "synthetic").symlink_to(FIXTURES / "synthetic")
-        argv = [cli("relion-py-extract"), "--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star",
-                "--stack2d", "--b", "64", "--crop", "48", "--j", "2"]
-
-        def run(tag):
-            return timed_run(argv + ["--o", f"out_{tag}/"], cwd=project, env=env)[0]
-
-        cold = benchmark.pedantic(run, args=("cold",), rounds=1, iterations=1)
-        cached = run("cached")
-        startup = timed_run([sys.executable, "-c", "import relion_py.programs.subtomo"], cwd=project, env=env)[0]
-        report(benchmark, cold_run_s=cold, cached_run_s=cached, jit_compile_s=cold - cached, import_s=startup)

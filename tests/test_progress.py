@@ -1,7 +1,8 @@
 """Progress in job logs (stdout not a terminal): periodic lines, a closing line per loop and per run, and
 the notice that the kernels are being compiled when Numba's cache holds none."""
 import io
-import os
+
+import pytest
 
 from conftest import mirror_fixtures, working_directory
 from relion_py.cli.reconstruct import main as reconstruct_main
@@ -24,22 +25,47 @@ def test_log_gets_progress_lines_and_a_closing_line(monkeypatch):
 
 def test_compile_notice_only_with_a_cold_cache(monkeypatch, tmp_path):
     """The cache index of a kernel module (``<module>.<function>-<line>.py3x.nbi``) under NUMBA_CACHE_DIR."""
+    import types
     import numba
-    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(progress, "_KERNELS", ("kernels/not_compiled_yet.py",))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(progress, "_noticed", False)
+    module = types.ModuleType("relion_py.kernels.not_compiled_yet")
+    module.__file__ = str(tmp_path / "kernels" / "not_compiled_yet.py")
     log = io.StringIO()
-    assert not progress.kernels_cached()
-    progress.notice_compilation(log)
-    progress.notice_compilation(log)                          # once per process
+    assert not progress.kernels_cached(module)
+    progress.notice_compilation(module, log)
+    progress.notice_compilation(module, log)                  # once per process
     assert log.getvalue().count("Compiling the numerical kernels") == 1
-    (tmp_path / "some_site").mkdir()
-    (tmp_path / "some_site" / "not_compiled_yet._kernel-12.py311.nbi").write_bytes(b"")
-    assert progress.kernels_cached()
+    (tmp_path / "cache" / "some_site").mkdir(parents=True)
+    (tmp_path / "cache" / "some_site" / "not_compiled_yet._kernel-12.py311.nbi").write_bytes(b"")
+    assert progress.kernels_cached(module)
     monkeypatch.setattr(progress, "_noticed", False)
     log = io.StringIO()
-    progress.notice_compilation(log)
+    progress.notice_compilation(module, log)
     assert log.getvalue() == ""
+
+
+@pytest.mark.parametrize("program", ["extract", "reconstruct_particle", "reconstruct_images"])
+def test_each_program_probes_the_cache_of_its_own_kernels(program, tmp_path, monkeypatch):
+    """Once a program has run, the cache holds the kernels it probes, so it announces no compilation again (an
+    extraction used to probe the reconstructions' kernels too and announced one on every run until then)."""
+    from relion_py.cli.extract import main as extract_main
+    from relion_py.kernels.classic import insertion
+    from relion_py.kernels.tomography import extraction, insertion_backward
+    project = mirror_fixtures(tmp_path / "project", "none")
+    tomo = ["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star"]
+    main, args, kernels = {
+        "extract": (extract_main, tomo + ["--stack2d", "--b", "32", "--crop", "24", "--o", "out/"], extraction),
+        "reconstruct_particle": (reconstruct_main, tomo + ["--b", "24", "--o", "out/"], insertion_backward),
+        "reconstruct_images": (reconstruct_main, ["--i", "synthetic/spa2d/particles.star", "--ctf", "--o",
+                                                  "rec.mrc"], insertion)}[program]
+    probed = []
+    probe = progress.kernels_cached
+    monkeypatch.setattr(progress, "kernels_cached", lambda module: probed.append(module) or probe(module))
+    monkeypatch.setattr(progress, "_noticed", False)
+    with working_directory(project):
+        assert main(args) == 0
+    assert probed == [kernels] and probe(kernels)
 
 
 def test_reconstruction_run_ends_with_a_summary(tmp_path, capsys):
@@ -72,11 +98,3 @@ def test_runs_end_with_a_summary(tmp_path, capsys):
     kept = int(summary[0].split()[1])
     assert " 0 particles written" in again and f"{kept} skipped (finished earlier)" in again
     assert "240 of 240 particles backprojected" in image_mode
-
-
-def test_the_cache_probe_names_existing_kernel_modules():
-    """The compile notice looks for the Numba cache of these modules: a renamed module would make every run
-    announce a compilation."""
-    import relion_py
-    package = os.path.dirname(relion_py.__file__)
-    assert all(os.path.isfile(os.path.join(package, module)) for module in progress._KERNELS)

@@ -24,6 +24,7 @@ from ..io.mrc import write_mrc
 from ..io.output_folder import refuse_overwriting_inputs
 from ..io.particle_images import ImageReader, image_path
 from ..io.star import read_star
+from ..kernels.classic import insertion
 from ..kernels.classic.padded_grid import split_accumulator
 from ..kernels.classic.reconstruct_grid import Grid, GridInsertion, reconstruct_grid
 from ..project.observation_model import load_particles
@@ -211,7 +212,7 @@ def reconstruct_images(opts, sum_groups=None):
     fsc = _read_fsc(opts.fsc, n_box) if opts.fsc else None
     total = run.accumulator()
     groups = run.groups()
-    with Progress("Back-projecting", len(parts.names)) as bar:
+    with Progress("Back-projecting", len(parts.names), kernels=insertion) as bar:
         for (first, end), group_sum in zip(groups, (sum_groups or _sum_groups_here)(run, groups)):
             total += group_sum
             bar.advance(end - first)

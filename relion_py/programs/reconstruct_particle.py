@@ -27,6 +27,7 @@ from ..tomography.half_grid import half_to_centred_full
 from ..io.mrc import read_mrc, write_mrc
 from ..kernels.tomography import map_finalisation as fin
 from ..kernels.tomography.extraction import weight_spectra
+from ..kernels.tomography import insertion_backward
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
 from ..runtime.job_control import check_abort, count_finished
 from ..runtime.log import info, warn
@@ -287,7 +288,8 @@ def _reconstruct_into(run, command, out_dir, start_time, sum_groups):
         start, previous = _resume(tmp_root, len(run.tomograms), total)
     check_abort(opts.pipeline_control)
     groups = [g for tt in range(start, len(run.tomograms)) for g in run.groups(tt)]
-    with Progress("Backprojecting", sum(run.group_particles(*g) for g in groups)) as bar:
+    n_particles = sum(run.group_particles(*g) for g in groups)
+    with Progress("Backprojecting", n_particles, kernels=insertion_backward) as bar:
         for (tt, first, end), group_sum in zip(groups, sum_groups(run, groups)):
             total += group_sum
             bar.advance(run.group_particles(tt, first, end))

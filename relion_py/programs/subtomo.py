@@ -18,6 +18,7 @@ from ..runtime.fftw_plans import RealFFT
 from ..tomography.geometry import matrix_to_euler
 from ..io.mrc import write_mrc
 from ..io.star import write_star
+from ..kernels.tomography import extraction
 from ..kernels.tomography.extraction import crop_circle, weight_spectra
 from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_slices_forward
 from ..kernels.tomography.volume_filters import cone_weight
@@ -409,7 +410,7 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, part, roots, 
 
 def _write_tomogram(opts, sizes, threads, job, selection, files, suffix, sums, writer, name):
     """Extract the selected particles of one tomogram on ``threads`` workers and hand their files to ``writer``."""
-    with Progress(f"Extracting {name}", len(selection)) as bar:
+    with Progress(f"Extracting {name}", len(selection), kernels=extraction) as bar:
         for k, result in enumerate(map_in_order(job, len(selection), threads)):
             if opts.stack2d:
                 writer.submit(write_mrc, files[k] + suffix, result, job.pixel_size, stack=True,

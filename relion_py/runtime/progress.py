@@ -1,7 +1,7 @@
 """Progress where RELION users look: a tqdm bar on a terminal; in a log (the RELION GUI's run.out, a SLURM
 log), a progress line every few seconds on stdout, as RELION prints its own progress there; a closing line
 per loop with the count, the time and the throughput; and a one-line notice when the numerical kernels are
-about to be compiled (the first run after installation takes ~10 s longer)."""
+about to be compiled (the first run of a program after installation takes a few seconds longer)."""
 import glob
 import os
 import sys
@@ -12,46 +12,43 @@ from tqdm import tqdm
 
 #: Seconds between two progress lines in a log.
 LOG_PERIOD = 5.0
-#: Kernel modules whose Numba cache tells whether this installation has compiled its kernels yet.
-_KERNELS = ("kernels/tomography/extraction.py", "kernels/tomography/insertion_backward.py",
-            "kernels/classic/insertion.py")
 _noticed = False
 
 
-def kernels_cached():
-    """Whether Numba's on-disk cache holds compiled kernels of this installation: an index file (``*.nbi``)
-    of every module in ``_KERNELS``, next to it (``__pycache__``) or under ``NUMBA_CACHE_DIR``."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for module in _KERNELS:
-        stem = os.path.splitext(os.path.basename(module))[0]
-        places = [os.path.join(package, os.path.dirname(module), "__pycache__")]
-        if numba.config.CACHE_DIR:
-            places.append(os.path.join(numba.config.CACHE_DIR, "**"))
-        if not any(glob.glob(os.path.join(p, f"{stem}.*.nbi"), recursive=True) for p in places):
-            return False
-    return True
+def kernels_cached(module):
+    """Whether Numba's on-disk cache holds compiled kernels of the kernel ``module`` (a module object): an
+    index file (``<module>.<function>-<line>.py3x.nbi``) next to it (``__pycache__``) or under
+    ``NUMBA_CACHE_DIR``."""
+    stem = module.__name__.rsplit(".", 1)[-1]
+    places = [os.path.join(os.path.dirname(os.path.abspath(module.__file__)), "__pycache__")]
+    if numba.config.CACHE_DIR:
+        places.append(os.path.join(numba.config.CACHE_DIR, "**"))
+    return any(glob.glob(os.path.join(p, f"{stem}.*.nbi"), recursive=True) for p in places)
 
 
-def notice_compilation(stream=None):
-    """Print, once per process, that the kernels are being compiled if the cache holds none yet."""
+def notice_compilation(module, stream=None):
+    """Print, once per process, that the kernels are being compiled if the cache holds none of ``module``'s
+    (the kernel module of the running program) yet."""
     global _noticed
-    if not _noticed and not kernels_cached():
-        print(" ■ Compiling the numerical kernels (first run after installation only, about 10 s) ...",
+    if not _noticed and not kernels_cached(module):
+        print(" ■ Compiling the numerical kernels (first run after installation only, a few seconds) ...",
               file=stream or sys.stdout, flush=True)
     _noticed = True
 
 
 class Progress:
-    """``with Progress("Extracting TS_01", total) as bar: bar.advance(k)``: a tqdm bar on stderr if it is a
-    terminal, else progress lines on stdout every ``LOG_PERIOD`` seconds; a closing line either way."""
+    """``with Progress("Extracting TS_01", total, kernels=extraction) as bar: bar.advance(k)``: a tqdm bar on
+    stderr if it is a terminal, else progress lines on stdout every ``LOG_PERIOD`` seconds; a closing line
+    either way. ``kernels``: the kernel module the loop runs, for the compile notice."""
 
-    def __init__(self, label, total, unit="particles", stream=None, log=None):
+    def __init__(self, label, total, unit="particles", stream=None, log=None, kernels=None):
         self.label, self.total, self.unit, self.done = label, max(int(total), 0), unit, 0
         self.stream = stream or sys.stderr
         self.log = log or sys.stdout
         self.start = self._last = time.monotonic()
         self.bar = None
-        notice_compilation(self.log)
+        if kernels is not None:
+            notice_compilation(kernels, self.log)
         if self.stream.isatty() and self.total > 0:
             self.bar = tqdm(total=self.total, desc=label, unit=unit.rstrip("s"), file=self.stream, leave=False,
                             dynamic_ncols=True)

@@ -370,7 +370,8 @@ def _place_by_slab(entries, starts, scratch, n, off, slab_h):
     for m in range(n):
         e = scratch[m]
         slab = _slab_of(1 if e[5] > 0.0 else 2, e[2], off, slab_h)
-        entries[starts[slab]] = e
+        for c in range(6):
+            entries[starts[slab], c] = e[c]
         starts[slab] += 1
 
 

@@ -290,7 +290,9 @@ def _extract_stack2d(source, slices, origins, gathered, weighting, shifts, frame
         image = box.real[:1]
         if do_crop or grid_precorrect:
             _crop_circle(image, crop[0], crop[1], crop[2], do_crop, grid_precorrect)
-        out[i] = image[0, lo:hi, lo:hi]
+        for y in range(lo, hi):
+            for x in range(lo, hi):
+                out[i, y - lo, x - lo] = image[0, y, x]
 
 
 def stack2d_images(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square, box, out,

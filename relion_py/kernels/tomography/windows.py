@@ -38,7 +38,9 @@ def _gather_clamped_windows(stack, slices, origins, out):
                     if ahead >= 0:
                         for x in range(0, size, 16):
                             prefetch(flat, ahead + x)
-                out[i, y, :] = img[y0 + y, x0:x0 + size]
+                row = img[y0 + y]
+                for x in range(size):
+                    out[i, y, x] = row[x0 + x]
             continue
         for y in range(size):
             yy = min(max(y + y0, 0), height - 1)
