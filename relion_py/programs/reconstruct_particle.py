@@ -241,7 +241,9 @@ class ParticleReconstruction:
         sums added in order) to ``out`` (zeroed by the caller), on ``reduction``'s threads."""
         tt, first, end = group
         if self._prepared is None or self._prepared[0] != tt:
-            self._prepared = None                  # the previous tomogram's buffers go before the next's come
+            if self._prepared is not None:         # the previous tomogram's buffers and tilt series go first
+                self.tomograms.tomograms[self._prepared[0]].close()
+            self._prepared = None
             self._prepared = (tt, _TomogramBackprojection(self, tt))
         tomo = self._prepared[1]
         tomo.prefetch(tomo.batches[first], tomo.batches[end])
@@ -300,6 +302,7 @@ def _reconstruct_into(run, command, out_dir, start_time, sum_groups):
                 if previous > -1:
                     _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
                 previous = tt
+    run.tomograms.close()                               # no tilt series held while the maps are made
     maps = []
     if not opts.no_recon:
         data = total[..., 0] + 1j * total[..., 1]

@@ -251,8 +251,12 @@ def _extract_all(run, command, run_batches):
     if run_batches is None:
         files_out = run.write_particle_set(n_removed)
         sums = Sums(run.sizes.crop) if opts.sum and not opts.stack2d else None
-        n_images = sum(run.extract(name, 0, len(geom.rows), run.threads, sums) for name, geom in kept.items()
-                       if len(geom.rows))
+        n_images = 0
+        for name, geom in kept.items():
+            if len(geom.rows):
+                n_images += run.extract(name, 0, len(geom.rows), run.threads, sums)
+                # one tilt series mapped at a time, as RELION holds one: its pages count in the RSS while mapped
+                run.tomograms.by_name[name].close()
         if sums is not None:
             sums.write(opts, run.out_dir, opts.bin * run.tomograms.tomograms[0].pixel_size)
     else:
