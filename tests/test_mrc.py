@@ -9,7 +9,7 @@ import pytest
 
 from relion_py.io import direct_write
 from relion_py.runtime.errors import RelionPyError
-from relion_py.io.mrc import (float32_to_relion_float16, mmap_mrc, read_mrc, read_mrc_header_shape,
+from relion_py.io.mrc import (float32_to_relion_float16, mmap_mrc, read_mrc, read_mrc_data, read_mrc_header_shape,
                               relion_float16_to_float32, write_mrc)
 
 FIXTURES = Path(__file__).parent / "data" / "fixtures"
@@ -165,6 +165,8 @@ def test_read_and_mmap(tmp_path):
     mapped = mmap_mrc(path)
     assert mapped.shape == (64, 32, 17) and not mapped.flags.writeable and np.array_equal(mapped, data)
     assert read_mrc_header_shape(path) == (64, 32, 17)
+    whole = read_mrc_data(path)
+    assert whole.flags.writeable and np.array_equal(whole, data)
     stack, pixel_size = read_mrc(FIXTURES / "a_subtomo_stack2d/Subtomograms/TS_01/1_stack2d.mrcs")
     assert stack.shape[1:] == (48, 48) and pixel_size == 5.0
 
@@ -180,6 +182,8 @@ def test_big_endian_file(tmp_path):
     data, pixel_size = read_mrc(tmp_path / "be.mrcs")
     assert pixel_size == 5.0 and np.array_equal(data, read_mrc(src)[0])
     assert mmap_mrc(tmp_path / "be.mrcs").dtype.isnative
+    whole = read_mrc_data(tmp_path / "be.mrcs")
+    assert whole.dtype.isnative and np.array_equal(whole, data)
 
 
 def _bad_mrc(tmp, case):
@@ -200,7 +204,7 @@ def _bad_mrc(tmp, case):
 
 @pytest.mark.parametrize("case", ["missing", "truncated_data", "truncated_header", "empty", "complex_mode",
                                   "garbage"])
-@pytest.mark.parametrize("reader", [read_mrc, mmap_mrc, read_mrc_header_shape])
+@pytest.mark.parametrize("reader", [read_mrc, mmap_mrc, read_mrc_data, read_mrc_header_shape])
 def test_bad_mrc_input_is_one_clear_error(tmp_path, case, reader):
     path = _bad_mrc(tmp_path, case)
     with pytest.raises(RelionPyError) as err:

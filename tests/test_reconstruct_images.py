@@ -13,6 +13,8 @@ from conftest import FIXTURES, compare_with_relion, mirror_fixtures, working_dir
 from relion_py.cli.reconstruct import choose_mode, main
 from relion_py.programs.reconstruct import ParticlesWithoutImages
 from relion_py.io.mrc import read_mrc, write_mrc
+from relion_py.io.particle_images import ImageReader
+from relion_py.runtime.errors import RelionPyError
 from relion_py.tomography.geometry import euler_to_matrix
 from relion_py.programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 
@@ -274,6 +276,25 @@ def test_missing_image_file(tmp_path, capsys):
                         "--verb", "0"], capsys)
     assert status == 1 and "nowhere/5_data.mrc does not exist" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "rec.mrc").exists() and not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_announced_files_are_read_in_the_background_alike(tmp_path):
+    """Files announced by ImageReader.prefetch are read (and converted) on a background thread: the same
+    arrays as a direct read; an announced file that is missing fails at its read, with the usual error."""
+    folder = FIXTURES / "e_subtomo_3d" / "Subtomograms" / "TS_01"
+    names = [str(folder / f"{k}_data.mrc") for k in (1, 2)]
+    weights = [str(folder / f"{k}_weights.mrc") for k in (1, 2)]
+    direct = ImageReader()
+    expected = [direct.read(n) for n in names] + [direct.read_raw(n) for n in weights]
+    reader = ImageReader()
+    missing = str(tmp_path / "gone_data.mrc")
+    reader.prefetch(names + [missing], weights)
+    got = [reader.read(n) for n in names] + [reader.read_raw(n) for n in weights]
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(got, expected))
+    assert expected[0].dtype == np.float64 and expected[2].dtype == np.float32
+    with pytest.raises(RelionPyError, match="gone_data.mrc does not exist"):
+        reader.read(missing)
+    reader.close()
 
 
 def test_mixed_box_sizes(tmp_path, capsys):

@@ -181,6 +181,28 @@ def mmap_mrc(path):
     return _map(path)[1]
 
 
+def read_mrc_data(path):
+    """The data of an MRC file, shape (nz, ny, nx), in the file's mode (native byte order), read whole by
+    sequential reads: a file read once (relion_reconstruct's pseudo-subtomograms) comes from the disk at its
+    streaming speed, where a memory map's page faults (4 KiB each, read ahead only a little) reach a
+    fraction of it."""
+    _, dtype, shape, offset = _read_header(path)
+    data = np.empty(shape, dtype)
+    view = memoryview(data).cast("B")
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(offset)
+            done = 0
+            while done < len(view):
+                n = fh.readinto(view[done:])
+                if not n:
+                    raise RelionPyError(f"MRC file {path} is truncated (it shrank while being read)")
+                done += n
+    except OSError as exc:
+        raise RelionPyError(f"cannot read MRC file {path}: {exc.strerror or exc}") from None
+    return data if dtype.isnative else data.byteswap().view(dtype.newbyteorder("="))
+
+
 def read_mrc(path):
     """(float32 array (nz, ny, nx), pixel size). Mirrors ``readMRC``: float16 through ``half2float``, the
     pixel size is cell a / mx (1 if either is 0)."""

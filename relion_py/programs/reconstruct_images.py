@@ -212,10 +212,14 @@ def reconstruct_images(opts, sum_groups=None):
     fsc = _read_fsc(opts.fsc, n_box) if opts.fsc else None
     total = run.accumulator()
     groups = run.groups()
+    sums = (sum_groups or _sum_groups_here)(run, groups)
     with Progress("Back-projecting", len(parts.names), kernels=insertion) as bar:
-        for (first, end), group_sum in zip(groups, (sum_groups or _sum_groups_here)(run, groups)):
+        for (first, end), group_sum in zip(groups, sums):
             total += group_sum
             bar.advance(end - first)
+            del group_sum
+    del sums                # the group accumulator and the insertion buffers go before the maps are made
+    run.close()
     data, weight = split_accumulator(total)
     del total
     helical = helical_rotations(opts.nr_helical_asu, opts.helical_twist) if opts.nr_helical_asu >= 2 else None
@@ -240,7 +244,7 @@ class ImageReconstruction:
         _check_options(opts)
         self.opts = opts
         self.threads = max(1, int(opts.j))
-        reader = ImageReader(opts.img)
+        self.reader = reader = ImageReader(opts.img)
         self.parts, self.n_box, self.angpix, self.data_dim, self.n_all = load_particles(opts, reader)
         n_box, angpix = self.n_box, self.angpix
         r_max = n_box // 2 if opts.maxres < 0 else min(int(math.ceil(n_box * angpix / opts.maxres)), n_box // 2)
@@ -265,7 +269,8 @@ class ImageReconstruction:
             return self.insertion.insert(*group, out)
 
     def close(self):
-        pass
+        self.reader.close()
+        self.insertion = None
 
 
 def _sum_groups_here(run, groups):

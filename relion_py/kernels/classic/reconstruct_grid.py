@@ -255,8 +255,13 @@ class GridInsertion:
             scratch = self._scratch(k, f.shape)
             return p, f, fctf, scratch, inserter.resolve(p, f, fctf, buf, scratch)
 
+        parts = inserter.parts
         try:
             for chunk in range(first, end, threads):
+                # the next two chunks' files are read in the background while this chunk is computed
+                ahead = range(chunk, min(end, chunk + 3 * threads))
+                ctf_names = [parts.ctf_names[p] for p in ahead if parts.ctf_names and parts.ctf_names[p]]
+                inserter.reader.prefetch([parts.names[p] for p in ahead], ctf_names)
                 todo = []
                 for p, f, fctf, scratch, counts in run(prepare, [(p, p - chunk) for p in
                                                                  range(chunk, min(end, chunk + threads))]):
