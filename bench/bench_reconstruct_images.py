@@ -9,6 +9,8 @@
 * ``test_synthetic_3drot``: the same kind of input, made up here (RELION_PY_BENCH_3D_N pseudo-subtomograms of
   96³ with CTF² + multiplicity weights, default 96, about 0.7 GB in a temporary folder): time per particle and
   the projection to 2393 particles.
+* ``test_stage_breakdown``: where the time per pseudo-subtomogram goes (one thread, page cache warm); the
+  figures are in ``bench/reconstruct_images.md``.
 * ``test_fixture_spa2d``: the 2-D single-particle fixture case (240 images of 48²).
 """
 import os
@@ -95,6 +97,56 @@ def test_synthetic_3drot(benchmark, threads):
     report(benchmark, threads=threads, particles=n, wall_s=wall, peak_rss_mib=rss,
            ms_per_particle=1e3 * per_particle, fixed_s=fixed, projected_bench_wall_s=projected,
            relion_bench_wall_s=relion_wall, projected_speedup=relion_wall / projected)
+
+
+def test_stage_breakdown(benchmark):
+    """ms per particle of each stage of ``GridInsertion.insert`` for 96³ pseudo-subtomograms: prepare (read
+    the data and weights, convert, FFT, shift, CTF weights; of which the reads and the FFT, timed apart),
+    resolve (the voxel loop of backrotate3D), place (the entries sorted by slab into the batch buffer) and
+    insert (the batch added to the grid slab by slab, per particle)."""
+    import time
+    import scipy.fft
+    from relion_py.io.particle_images import image_path
+    from relion_py.io.mrc import read_mrc_data
+    from relion_py.programs.reconstruct_images import ImageReconstruction, ReconstructImagesOptions
+    n = int(os.environ.get("RELION_PY_BENCH_3D_N", "96"))
+    times = dict(prepare=0.0, of_which_reads=0.0, of_which_fft=0.0, resolve=0.0, place=0.0, insert=0.0)
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_pseudo_subtomograms(Path(tmp), n, 96)
+        os.chdir(tmp)
+        try:
+            run = ImageReconstruction(ReconstructImagesOptions(i="particles.star", o="rec.mrc", three_d_rot=True,
+                                                               ctf=True))
+            inserter, buf, parts = run.insertion.inserter, run.insertion.buf, run.parts
+            acc, scratch = run.accumulator(), buf.scratch((96, 96, 49))
+
+            def clock(stage, func, *args):
+                t0 = time.perf_counter()
+                out = func(*args)
+                times[stage] += time.perf_counter() - t0
+                return out
+
+            def one_pass():
+                for p in range(n):
+                    f, fctf = clock("prepare", inserter.prepare, p)
+                    data = clock("of_which_reads", read_mrc_data, image_path(parts.names[p])[0])
+                    clock("of_which_reads", read_mrc_data, image_path(parts.ctf_names[p])[0])
+                    clock("of_which_fft", scipy.fft.rfftn, data.astype(np.float64))
+                    counts = clock("resolve", inserter.resolve, p, f, fctf, buf, scratch)
+                    starts = buf.reserve(counts)
+                    if starts is None:
+                        clock("insert", buf.insert, acc)
+                        starts = buf.reserve(counts)
+                    clock("place", buf.place, starts, scratch, counts)
+                clock("insert", buf.insert, acc)
+            one_pass()                                           # page cache and kernels warm
+            times.update(dict.fromkeys(times, 0.0))
+            benchmark.pedantic(one_pass, rounds=1, iterations=1)
+        finally:
+            os.chdir(cwd)
+    report(benchmark, particles=n, **{f"{k}_ms": 1e3 * v / n for k, v in times.items()},
+           total_ms=1e3 * (times["prepare"] + times["resolve"] + times["place"] + times["insert"]) / n)
 
 
 def test_fixture_spa2d(benchmark):

@@ -151,6 +151,15 @@ def _reuse_freed_memory():
         pass
 
 
+def _release_freed_memory():
+    """Return the freed heap memory of a finished tomogram to the system (``malloc_trim``): the next
+    tomogram's arrays do not fit exactly into its holes, and the heap is otherwise never trimmed."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def extract_subtomograms(opts, command=None, run_batches=None):
     """Run relion_tomo_subtomo with ``opts`` (an :class:`ExtractOptions`); returns an :class:`ExtractResult`.
 
@@ -257,6 +266,7 @@ def _extract_all(run, command, run_batches):
                 n_images += run.extract(name, 0, len(geom.rows), run.threads, sums)
                 # one tilt series mapped at a time, as RELION holds one: its pages count in the RSS while mapped
                 run.tomograms.by_name[name].close()
+                _release_freed_memory()
         if sums is not None:
             sums.write(opts, run.out_dir, opts.bin * run.tomograms.tomograms[0].pixel_size)
     else:
