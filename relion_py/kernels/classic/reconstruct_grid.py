@@ -258,7 +258,7 @@ class GridInsertion:
         parts = inserter.parts
         try:
             for chunk in range(first, end, threads):
-                # the next two chunks' files are read in the background while this chunk is computed
+                # this chunk's files and the next two chunks' are read in the background (each announced once)
                 ahead = range(chunk, min(end, chunk + 3 * threads))
                 ctf_names = [parts.ctf_names[p] for p in ahead if parts.ctf_names and parts.ctf_names[p]]
                 inserter.reader.prefetch([parts.names[p] for p in ahead], ctf_names)
