@@ -79,3 +79,15 @@ def test_killed_runs_resume_to_identical_bytes(project, name):
         different = [k for k in reference if files[k] != reference[k]]
         assert not different, f"trial {trial} ({sig.name}): {different} differ"
         shutil.rmtree(project / out)
+
+
+def test_stop_line_offers_a_resume_only_when_work_was_kept(monkeypatch):
+    """relion_reconstruct keeps nothing of a stopped run and has no --only_do_unfinished: its stop line says to run
+    it again; programs that counted finished work say how much and how to resume."""
+    from relion_py.runtime import job_control
+    monkeypatch.setattr(job_control._Finished, "count", 0)
+    monkeypatch.setattr(job_control._Finished, "what", None)
+    assert job_control.finished_summary() == "no work was kept: run it again"
+    job_control.count_finished(3)
+    assert job_control.finished_summary().startswith("3 particles were finished")
+    assert "--only_do_unfinished" in job_control.finished_summary()

@@ -65,9 +65,10 @@ def write_exit_file(pipeline_control, mode):
 
 
 class _Finished:
-    """How many particles the current run has finished (written under their final names, or accumulated)."""
+    """How many particles the current run has finished (written under their final names, or accumulated);
+    ``what`` stays None in programs that keep nothing of a stopped run (relion_reconstruct)."""
     count = 0
-    what = "particles"
+    what = None
 
 
 def count_finished(n=1, what="particles"):
@@ -78,5 +79,7 @@ def count_finished(n=1, what="particles"):
 
 def finished_summary():
     """The line saying what a stopped run finished."""
+    if _Finished.what is None:
+        return "no work was kept: run it again"
     return (f"{_Finished.count} {_Finished.what} were finished (files under their final names are complete; "
             "rerun with --only_do_unfinished to do the rest)")
