@@ -1,7 +1,9 @@
 """The whole benchmark table in one command: every case of RELION's anchors (bench/relion_anchors.json) run by
 relion_py and, when RELION's programs are on PATH, by RELION alternately in the same session; next to each, the
 floor set by the disk (output bytes / write speed, plus for relion_reconstruct input bytes / the speed at which its
-input files are read, all measured on the spot) and the peak RSS.
+input files are read, all measured on the spot) and the peak RSS. Case e's inputs are evicted from the page cache
+before each of its runs, so that relion_py and RELION both read them from the disk; relion_py also runs e with
+``--j 2`` (RELION's relion_reconstruct has one thread).
 
     python bench/table.py /path/to/bench_root [--cases a,c,d] [--rounds 3]
 
@@ -49,35 +51,40 @@ def disk_speeds(folder, size=1 << 30):
     return write, read
 
 
+def evict(files):
+    """Drop the files' pages from the page cache: their next read comes from the disk."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+
+
 def files_read_speed(folder, size=1 << 30):
     """MB/s at which the files of ``folder`` (the first ``size`` bytes of them, in name order) come from the
     disk, read whole one after the other as relion_reconstruct reads its pseudo-subtomograms; evicted from the
     page cache before and after."""
     files, total = [], 0
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+    for path in sorted(files_in(folder)):
         if total >= size:
             break
         files.append(path)
         total += path.stat().st_size
-
-    def evict():
-        for path in files:
-            fd = os.open(path, os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
-    evict()
+    evict(files)
     t0 = time.perf_counter()
     for path in files:
         path.read_bytes()
     speed = total / (time.perf_counter() - t0) / 1e6
-    evict()
+    evict(files)
     return speed
+
+
+def files_in(folder):
+    return [p for p in Path(folder).rglob("*") if p.is_file()]
 
 
 def folder_bytes(path):
     path = Path(path)
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files)
+    return sum(p.stat().st_size for p in ([path] if path.is_file() else files_in(path)))
 
 
 def run_case(words, root, prefix):
@@ -109,27 +116,35 @@ def main(argv=None):
         words = anchors[case]["command"].split()
         if case == "e_reconstruct_3drot":                 # its input: relion_py's b output
             words[words.index("--i") + 1] = "py_b_subtomo3d/particles.star"
-        runs = {"relion_py": [], "RELION": []}
+        inputs = args.root / "py_b_subtomo3d"
+        cold = case == "e_reconstruct_3drot"
+        variants = {case: []} if case != "e_reconstruct_3drot" else {case: [], f"{case} --j 2": ["--j", "2"]}
+        runs = {name: [] for name in variants}
+        runs["RELION"] = []
         relion = relion_binary(words[0])
         for _ in range(args.rounds):
-            runs["relion_py"].append(run_case([cli(PROGRAMS[words[0]])] + words[1:], args.root, "py_"))
+            for name, extra in variants.items():
+                if cold:
+                    evict(files_in(inputs))
+                runs[name].append(run_case([cli(PROGRAMS[words[0]])] + words[1:] + extra, args.root, "py_"))
             if relion:
+                if cold:
+                    evict(files_in(inputs))
                 runs["RELION"].append(run_case([relion] + words[1:], args.root, "relion_"))
-        wall = statistics.median(r[0] for r in runs["relion_py"])
-        rss = max(r[1] for r in runs["relion_py"])
-        nbytes = runs["relion_py"][0][2]
-        floor = nbytes / 1e6 / write
+        floor = runs[case][0][2] / 1e6 / write
         if case == "e_reconstruct_3drot":         # its input files, read whole one after the other
-            inputs = args.root / "py_b_subtomo3d"
             speed = files_read_speed(inputs)
             floor += folder_bytes(inputs) / 1e6 / speed
             print(f"e's input files come from the disk at {speed:.0f} MB/s", flush=True)
         here = statistics.median(r[0] for r in runs["RELION"]) if runs["RELION"] else None
         relion_wall = here or anchors[case]["median_wall_s"]
         relion_rss = max(r[1] for r in runs["RELION"]) if runs["RELION"] else anchors[case]["max_rss_mb"]
-        rows.append(f"| {case} | {relion_wall:.1f} s{'' if here else ' (anchor)'} | {wall:.1f} s | "
-                    f"{relion_wall / wall:.2f}× | {floor:.1f} s | {rss:.0f} / {relion_rss:.0f} MiB |")
-        print(rows[-1], flush=True)
+        for name in variants:
+            wall = statistics.median(r[0] for r in runs[name])
+            rss = max(r[1] for r in runs[name])
+            rows.append(f"| {name} | {relion_wall:.1f} s{'' if here else ' (anchor)'} | {wall:.1f} s | "
+                        f"{relion_wall / wall:.2f}× | {floor:.1f} s | {rss:.0f} / {relion_rss:.0f} MiB |")
+            print(rows[-1], flush=True)
         if case == "e_reconstruct_3drot" or (case == "b_subtomo_3d" and "e_reconstruct_3drot" not in chosen):
             shutil.rmtree(args.root / "py_b_subtomo3d", ignore_errors=True)
             shutil.rmtree(args.root / "relion_b_subtomo3d", ignore_errors=True)

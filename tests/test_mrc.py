@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from relion_py.io import direct_write
+from relion_py.io import direct_io
 from relion_py.runtime.errors import RelionPyError
 from relion_py.io.mrc import (float32_to_relion_float16, mmap_mrc, read_mrc, read_mrc_data, read_mrc_header_shape,
                               relion_float16_to_float32, write_mrc)
@@ -225,8 +225,8 @@ def test_write_is_atomic(tmp_path, monkeypatch, size):
         if offset > 0:
             fail()
         return real_pwrite(fd, data[:1024], offset)
-    monkeypatch.setattr(direct_write, "memoryview", fail, raising=False)  # buffered: fails after the header
-    monkeypatch.setattr(direct_write.os, "pwrite", fail_after_first_write)
+    monkeypatch.setattr(direct_io, "memoryview", fail, raising=False)  # buffered: fails after the header
+    monkeypatch.setattr(direct_io.os, "pwrite", fail_after_first_write)
     with pytest.raises(OSError):
         write_mrc(target, np.zeros((size, size, size), np.float32), 1.0)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["m.mrc"]
@@ -237,14 +237,14 @@ def test_direct_and_buffered_writes_agree(tmp_path, monkeypatch, shape):
     """Files written around the page cache (block-aligned part + buffered tail) equal buffered ones."""
     data = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     write_mrc(tmp_path / "direct.mrc", data[:, ::-1], 2.0)              # a non-contiguous view, too
-    monkeypatch.setattr(direct_write, "_O_DIRECT", 0)
+    monkeypatch.setattr(direct_io, "_O_DIRECT", 0)
     write_mrc(tmp_path / "buffered.mrc", data[:, ::-1], 2.0)
     direct, buffered = (tmp_path / "direct.mrc").read_bytes(), (tmp_path / "buffered.mrc").read_bytes()
     assert len(direct) == 1024 + data.nbytes
     assert direct[:224] == buffered[:224] and direct[1024:] == buffered[1024:]   # the label holds a time
 
 
-def test_direct_write_falls_back_when_writes_are_refused(tmp_path, monkeypatch):
+def test_direct_io_falls_back_when_writes_are_refused(tmp_path, monkeypatch):
     """A file system that accepts O_DIRECT at open but refuses the writes (EINVAL) gets a normal write."""
     import errno
     real_pwrite = os.pwrite
@@ -255,10 +255,55 @@ def test_direct_write_falls_back_when_writes_are_refused(tmp_path, monkeypatch):
             calls.append(1)
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_pwrite(fd, data, offset)
-    monkeypatch.setattr(direct_write.os, "pwrite", refuse_direct)
-    monkeypatch.setattr(direct_write, "_direct_refused", set())
+    monkeypatch.setattr(direct_io.os, "pwrite", refuse_direct)
+    monkeypatch.setattr(direct_io, "_direct_refused", set())
     data = np.arange(80 ** 3, dtype=np.float32).reshape(80, 80, 80)
     write_mrc(tmp_path / "m.mrc", data, 1.0)
     back, _ = read_mrc(tmp_path / "m.mrc")
     np.testing.assert_array_equal(back, data)
-    assert direct_write._direct_refused
+    assert direct_io._direct_refused
+
+
+def _odd_mrc(path, shape, nsymbt):
+    """A valid float32 MRC file with an extended header of ``nsymbt`` bytes (its data start unaligned)."""
+    data = np.random.default_rng(nsymbt).standard_normal(shape).astype(np.float32)
+    write_mrc(path, data, 1.0)
+    raw = bytearray(path.read_bytes())
+    raw[92:96] = np.int32(nsymbt).tobytes()
+    path.write_bytes(bytes(raw[:1024]) + bytes(i % 256 for i in range(nsymbt)) + bytes(raw[1024:]))
+    return data
+
+
+@pytest.mark.parametrize("nsymbt", [0, 3, 3072])
+@pytest.mark.parametrize("shape", [(1, 2, 3), (64, 32, 32), (65, 32, 32), (96, 96, 96)])
+def test_read_around_the_page_cache(tmp_path, monkeypatch, shape, nsymbt):
+    """Whole-file reads with O_DIRECT (block-aligned, the last block short) equal the buffered reads; files large
+    enough for it are opened with O_DIRECT where the file system allows it (here: ext4 or xfs)."""
+    data = _odd_mrc(tmp_path / "m.mrc", shape, nsymbt)
+    real_open, flags = os.open, []
+    monkeypatch.setattr(direct_io.os, "open", lambda p, f, *a: flags.append(f) or real_open(p, f, *a))
+    monkeypatch.setattr(direct_io, "_direct_refused", set())
+    direct = read_mrc_data(tmp_path / "m.mrc")
+    size = (tmp_path / "m.mrc").stat().st_size
+    assert direct.dtype == np.float32 and np.array_equal(direct, data)
+    assert bool(flags and flags[0] & direct_io._O_DIRECT) == (size >= direct_io.MIN_DIRECT_BYTES)
+    assert not direct_io._direct_refused
+    monkeypatch.setattr(direct_io, "_O_DIRECT", 0)
+    assert np.array_equal(read_mrc_data(tmp_path / "m.mrc"), data)
+
+
+def test_direct_read_falls_back_when_reads_are_refused(tmp_path, monkeypatch):
+    """A file system that accepts O_DIRECT at open but refuses the reads (EINVAL) gets a normal read."""
+    import errno
+    real_preadv, calls = os.preadv, []
+
+    def refuse_direct(fd, buffers, offset):
+        if not calls:
+            calls.append(1)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, buffers, offset)
+    data = _odd_mrc(tmp_path / "m.mrc", (80, 80, 80), 0)
+    monkeypatch.setattr(direct_io.os, "preadv", refuse_direct)
+    monkeypatch.setattr(direct_io, "_direct_refused", set())
+    assert np.array_equal(read_mrc_data(tmp_path / "m.mrc"), data)
+    assert direct_io._direct_refused and calls

@@ -8,7 +8,7 @@ from mrcfile.dtypes import HEADER_DTYPE
 from ..runtime.errors import RelionPyError
 from ..kernels.statistics import running_moments
 from .atomic import atomic_output
-from .direct_write import write_arrays
+from .direct_io import read_file, write_arrays
 
 HEADER_BYTES = 1024
 # The modes RELION's readMRC accepts (101, SerialEM's 4-bit, is not supported here).
@@ -139,6 +139,11 @@ def _read_header(path):
         size = os.path.getsize(path)
     except OSError as exc:
         raise RelionPyError(f"cannot read MRC file {path}: {exc.strerror or exc}") from None
+    return _parse_header(raw, size, path)
+
+
+def _parse_header(raw, size, path):
+    """``_read_header`` of a file of ``size`` bytes whose first bytes are ``raw``."""
     if len(raw) < HEADER_BYTES:
         raise RelionPyError(f"{path} is not an MRC file: {len(raw)} bytes, shorter than the 1024-byte header")
     header = np.frombuffer(raw, HEADER_DTYPE.newbyteorder("<"))[0]
@@ -183,23 +188,16 @@ def mmap_mrc(path):
 
 def read_mrc_data(path):
     """The data of an MRC file, shape (nz, ny, nx), in the file's mode (native byte order), read whole by
-    sequential reads: a file read once (relion_reconstruct's pseudo-subtomograms) comes from the disk at its
-    streaming speed, where a memory map's page faults (4 KiB each, read ahead only a little) reach a
-    fraction of it."""
-    _, dtype, shape, offset = _read_header(path)
-    data = np.empty(shape, dtype)
-    view = memoryview(data).cast("B")
+    sequential reads around the page cache (``direct_io.read_file``): a file read once (relion_reconstruct's
+    pseudo-subtomograms) comes from the disk at its streaming speed, where a memory map's page faults (4 KiB
+    each, read ahead only a little) reach a fraction of it."""
     try:
-        with open(path, "rb", buffering=0) as fh:
-            fh.seek(offset)
-            done = 0
-            while done < len(view):
-                n = fh.readinto(view[done:])
-                if not n:
-                    raise RelionPyError(f"MRC file {path} is truncated (it shrank while being read)")
-                done += n
+        raw = read_file(path)
     except OSError as exc:
         raise RelionPyError(f"cannot read MRC file {path}: {exc.strerror or exc}") from None
+    # the size read, not the size of the file: a file that shrank while being read is truncated
+    _, dtype, shape, offset = _parse_header(raw[:HEADER_BYTES].tobytes(), len(raw), path)
+    data = raw[offset:offset + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
     return data if dtype.isnative else data.byteswap().view(dtype.newbyteorder("="))
 
 
