@@ -295,15 +295,15 @@ def test_read_around_the_page_cache(tmp_path, monkeypatch, shape, nsymbt):
 def test_direct_read_falls_back_when_reads_are_refused(tmp_path, monkeypatch):
     """A file system that accepts O_DIRECT at open but refuses the reads (EINVAL) gets a normal read."""
     import errno
-    real_preadv, calls = os.preadv, []
+    real_readv, calls = os.readv, []
 
-    def refuse_direct(fd, buffers, offset):
+    def refuse_direct(fd, buffers):
         if not calls:
             calls.append(1)
             raise OSError(errno.EINVAL, "Invalid argument")
-        return real_preadv(fd, buffers, offset)
+        return real_readv(fd, buffers)
     data = _odd_mrc(tmp_path / "m.mrc", (80, 80, 80), 0)
-    monkeypatch.setattr(direct_io.os, "preadv", refuse_direct)
+    monkeypatch.setattr(direct_io.os, "readv", refuse_direct)
     monkeypatch.setattr(direct_io, "_direct_refused", set())
     assert np.array_equal(read_mrc_data(tmp_path / "m.mrc"), data)
     assert direct_io._direct_refused and calls

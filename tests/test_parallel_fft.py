@@ -51,6 +51,24 @@ def test_background_writer_reraises_errors():
     assert written == [1]
 
 
+@pytest.mark.parametrize("max_bytes, most_waiting", [(10 * 2**20, 2), (64 * 2**20, 8), (1, 1)])
+def test_background_writer_bounds_the_waiting_bytes(max_bytes, most_waiting):
+    """Writes of 4 MiB arrays held up by the disk: at most max_bytes of them wait (but always one), at most
+    max_pending per thread."""
+    import threading
+    disk = threading.Event()
+    writer = BackgroundWriter(threads=2, max_pending=4, max_bytes=max_bytes)
+    waiting = []
+    released = threading.Timer(0.5, disk.set)
+    released.start()
+    for _ in range(12):
+        writer.submit(lambda a: disk.wait(), np.zeros(2**19))
+        waiting.append(len(writer.pending))
+    writer.close()
+    released.cancel()
+    assert max(waiting) == most_waiting
+
+
 @pytest.mark.parametrize("shape", [(32, 32), (24, 40), (12, 12, 12)])
 def test_real_fft_matches_scipy(shape):
     fft = RealFFT(5, shape)

@@ -94,7 +94,7 @@ def read_file(path):
             try:
                 # whole blocks; the last read stops at the end of the file
                 buf = _aligned(-(-size // BLOCK) * BLOCK)
-                return buf[:_read_all(fd, buf)]
+                return buf[:_read_all(lambda view: os.readv(fd, [view]), buf)]
             finally:
                 os.close(fd)
         except OSError as e:
@@ -103,14 +103,14 @@ def read_file(path):
             _direct_refused.add(device)
     buf = np.empty(size, np.uint8)
     with open(path, "rb", buffering=0) as fh:
-        return buf[:_read_all(fh.fileno(), buf)]
+        return buf[:_read_all(fh.readinto, buf)]
 
 
-def _read_all(fd, buf):
-    """Read from the start of ``fd`` into ``buf`` until it is full or the file ends; the bytes read."""
+def _read_all(read, buf):
+    """Call ``read(view)`` (bytes read into the view) until ``buf`` is full or the file ends; the bytes read."""
     view, done = memoryview(buf), 0
     while done < len(view):
-        n = os.preadv(fd, [view[done:]], done)
+        n = read(view[done:])
         if not n:
             break
         done += n

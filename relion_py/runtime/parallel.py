@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numba
+import numpy as np
 
 #: tasks in flight per worker: enough to keep every worker busy while results are consumed in order
 AHEAD = 3
@@ -68,29 +69,41 @@ class PerThread:
 class BackgroundWriter:
     """Runs output writes on background threads while later results are computed. Up to ``max_pending``
     writes per thread wait in its queue, so that a write held up by the disk does not stall the workers,
-    and memory stays bounded. Two threads: creating a file and writing it directly both wait on the file
-    system and the disk, and two writes in flight hide that wait (2-D stacks of case c: 10.1 s instead of
-    11.1 s) without slowing large sequential writes (3-D case b: 47.3 s either way); four measured slower.
+    and memory stays bounded: at most ``max_bytes`` of array arguments wait (always at least one write),
+    so that large outputs (3-D pseudo-subtomograms, 7 MB a particle at 96³) do not pile up when the disk
+    is the bound. Two threads: creating a file and writing it directly both wait on the file system and
+    the disk, and two writes in flight hide that wait (2-D stacks of case c: 10.1 s instead of 11.1 s)
+    without slowing large sequential writes (3-D case b: 47.3 s either way); four measured slower.
     Errors of a write are re-raised in the calling thread."""
 
-    def __init__(self, threads=2, max_pending=4):
+    def __init__(self, threads=2, max_pending=4, max_bytes=16 * 2**20):
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="relion_py_writer")
-        self.pending = deque()
+        self.pending = deque()          # (future, bytes of its array arguments)
         self.max_pending = max_pending * threads
+        self.max_bytes = max_bytes
+        self.pending_bytes = 0
 
     def submit(self, fn, *args, **kwargs):
-        while len(self.pending) >= self.max_pending:
-            self.pending.popleft().result()
-        self.pending.append(self.pool.submit(fn, *args, **kwargs))
+        size = sum(a.nbytes for a in args if isinstance(a, np.ndarray))
+        while self.pending and (len(self.pending) >= self.max_pending
+                                or self.pending_bytes + size > self.max_bytes):
+            self._finish_oldest()
+        self.pending.append((self.pool.submit(fn, *args, **kwargs), size))
+        self.pending_bytes += size
+
+    def _finish_oldest(self):
+        future, size = self.pending.popleft()
+        self.pending_bytes -= size
+        future.result()
 
     def wait(self):
         while self.pending:
-            self.pending.popleft().result()
+            self._finish_oldest()
 
     def close(self):
         try:
             self.wait()
         finally:
-            for future in self.pending:
+            for future, _ in self.pending:
                 future.cancel()
             self.pool.shutdown(wait=True)

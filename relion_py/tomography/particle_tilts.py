@@ -157,7 +157,7 @@ class NonFinitePixels(RelionPyError):
 
 def check_finite_frames(values, items):
     """Raise :class:`NonFinitePixels` naming the frame of the first item of ``values`` (one image per item) that is
-    not finite. Sums in float64 (no overflow from float32 pixels): NaN and Inf make the sum non-finite."""
-    finite = np.isfinite(values.reshape(len(values), -1).sum(axis=1, dtype=np.float64))
+    not finite."""
+    finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
     if not finite.all():
         raise NonFinitePixels(int(items.frame[int(np.argmin(finite))]))
