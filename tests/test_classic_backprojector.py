@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from relion_py.runtime.errors import RelionPyError
-from relion_py.kernels.classic.fftw_arrays import shift_fourier, window_fourier_transform
+from relion_py.kernels.classic.fftw_arrays import normalise_and_weight, shift_fourier, window_fourier_transform
 from relion_py.kernels.classic.insertion import SlabEntries, backproject_2d_to_3d, backrotate_3d
 from relion_py.kernels.classic.matrix2d import inverse_3x3
 from relion_py.kernels.classic.padded_grid import new_accumulator, split_accumulator
@@ -41,6 +41,29 @@ def test_shift_fourier_is_a_translation():
     shift_fourier(f, 16, (3.0, -2.0))
     np.testing.assert_allclose(np.fft.irfftn(f, img.shape, axes=(0, 1)), np.roll(img, (-2, 3), axis=(0, 1)),
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("weight_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("divisor, weighted", [(48.0 ** 3, True), (48.0 ** 3, False), (None, True), (7.0, True)])
+def test_normalise_and_weight_rounds_as_numpy(weight_dtype, divisor, weighted):
+    """The fused pass gives the bits of numpy's ``f /= divisor; f *= weight`` (complex128 by a real scalar and
+    a real array), signed zeros, infinities and NaN included."""
+    rng = np.random.default_rng(4)
+    f = rng.standard_normal((20, 20, 11)) + 1j * rng.standard_normal((20, 20, 11))
+    f.real[rng.random(f.shape) < 0.1] = -0.0
+    f.imag[rng.random(f.shape) < 0.1] = 0.0
+    f.real[0, 0, :3] = [np.inf, -np.inf, np.nan]
+    w = rng.standard_normal(f.shape).astype(weight_dtype)
+    w[rng.random(f.shape) < 0.2] = 0.0
+    w[rng.random(f.shape) < 0.05] = -0.0
+    expect = f.copy()
+    with np.errstate(invalid="ignore"):
+        if divisor is not None:
+            expect /= divisor
+        if weighted:
+            expect *= w
+    got = normalise_and_weight(f, divisor, w if weighted else None)
+    assert got is f and got.tobytes() == expect.tobytes()
 
 
 def test_ctf_image_matches_ctf_value():

@@ -1,11 +1,46 @@
-"""The array helpers of RELION's src/fftw.h / src/fftw.cpp used around ``BackProjector``:
-``shiftImageInFourierTransform``, ``windowFourierTransform`` and ``CenterFFTbySign`` (the transforms
-themselves are run by the callers)."""
+"""The array helpers of RELION's src/fftw.h / src/fftw.cpp used around ``BackProjector``: the normalisation
+of ``FourierTransformer::FourierTransform``, ``shiftImageInFourierTransform``, ``windowFourierTransform`` and
+``CenterFFTbySign`` (the transforms themselves are run by the callers)."""
 import math
 
 import numpy as np
 
 from .._jit import njit
+
+
+@njit
+def _normalise_and_weight(f, size, divide, weight, weigh):
+    flat = f.reshape(-1)
+    w = weight.reshape(-1)
+    # numpy's complex division by (size, 0) (Smith's method): both parts times 1/size
+    rat = 0.0 / size
+    scl = 1.0 / (size + 0.0 * rat)
+    for i in range(flat.size):
+        re = flat[i].real
+        im = flat[i].imag
+        if divide:
+            re, im = (re + im * rat) * scl, (im - re * rat) * scl
+        if weigh:
+            c = np.float64(w[i])        # numpy's complex product with (c, 0)
+            re, im = re * c - im * 0.0, re * 0.0 + im * c
+        flat[i] = complex(re, im)
+
+
+def normalise_and_weight(f, size=None, weight=None):
+    """``f /= size`` (the normalisation of ``FourierTransformer::FourierTransform``, src/fftw.cpp), then
+    ``f *= weight`` (the CTF of ``Reconstructor::backprojectOneParticle``), in place and in one pass, each
+    rounded as numpy's complex128 arithmetic rounds it: the division by the real ``size`` is a complex
+    division by (size, 0), i.e. both parts times 1/size (RELION divides both parts by size: at most one
+    unit in the last place apart), and ``weight`` multiplies as the complex (weight, 0), signed zeros
+    included. f: C-contiguous complex128; size: float or None (no division); weight: real array of f's
+    shape or None."""
+    if f.dtype != np.complex128 or not f.flags.c_contiguous:
+        raise ValueError("normalise_and_weight: f must be C-contiguous complex128")
+    if weight is not None and weight.shape != f.shape:
+        raise ValueError(f"normalise_and_weight: weight {weight.shape} does not match f {f.shape}")
+    _normalise_and_weight(f, float(size or 1.0), size is not None,
+                          np.empty(0) if weight is None else np.ascontiguousarray(weight), weight is not None)
+    return f
 
 
 @njit

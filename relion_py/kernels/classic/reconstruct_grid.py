@@ -14,7 +14,7 @@ import scipy.fft
 
 from ...runtime.errors import RelionPyError
 from ..ctf import astigmatism_form, ctf_constants, ctf_image
-from .fftw_arrays import center_fft_by_sign, shift_fourier, window_fourier_transform
+from .fftw_arrays import center_fft_by_sign, normalise_and_weight, shift_fourier, window_fourier_transform
 from .insertion import SlabEntries, backproject_2d_to_3d, backrotate_3d
 from .macros import relion_round
 from .mask import soft_mask_outside_map
@@ -104,9 +104,11 @@ class ParticleInserter:
             raise RelionPyError(f"mixed box sizes: image {parts.names[p]} is {size} px, but its optics group "
                                 f"(and the other images) have {want} px boxes")
         f = scipy.fft.rfftn(img)
-        f /= float(img.size)
+        divisor = float(img.size)      # f /= divisor: with the CTF multiplication when there is no shift
         t = parts.shifts_px[p]
         if abs(t[0]) > 0. or abs(t[1]) > 0. or abs(t[2]) > 0.:
+            normalise_and_weight(f, divisor)
+            divisor = None
             shift_fourier(f, n, t[:self.data_dim])
         premult = bool(parts.premultiplied[g])
         if self.data_dim == 2:
@@ -122,16 +124,16 @@ class ParticleInserter:
                 astig = astigmatism_form(c[1], c[2], c[3])
                 fctf = ctf_image(n, parts.pixel[g], consts, astig, c[6], opts.ctf_phase_flipped,
                                     opts.only_flip_phases, opts.ctf_intact_first_peak)
-                if not premult:
-                    f *= fctf
+                normalise_and_weight(f, divisor, None if premult else fctf)
+                divisor = None
                 fctf *= fctf
             else:
                 fctf = self.ones(f.shape)
         else:
             if opts.ctf:
                 fctf, multi = self.ctf_volume(p, f.shape)
-                if not premult:
-                    f *= fctf
+                normalise_and_weight(f, divisor, None if premult else fctf)
+                divisor = None
                 if multi is not None:
                     f *= multi
                     fctf = fctf * multi if not opts.ctf3d_not_squared else fctf * (fctf * multi)
@@ -139,6 +141,8 @@ class ParticleInserter:
                     fctf = fctf * fctf
             else:
                 fctf = self.ones(f.shape)
+        if divisor is not None:
+            normalise_and_weight(f, divisor)
         if opts.fom_weighting:
             f *= parts.fom[p]
             fctf = fctf * parts.fom[p]
