@@ -1,9 +1,9 @@
 """The whole benchmark table in one command: every case of RELION's anchors (bench/relion_anchors.json) run by
 relion_py and, when RELION's programs are on PATH, by RELION alternately in the same session; next to each, the
 floor set by the disk (output bytes / write speed, plus for relion_reconstruct input bytes / the speed at which its
-input files are read, all measured on the spot) and the peak RSS. Case e's inputs are evicted from the page cache
-before each of its runs, so that relion_py and RELION both read them from the disk; relion_py also runs e with
-``--j 2`` (RELION's relion_reconstruct has one thread).
+input files are read, all measured on the spot) and the peak RSS. Every run starts from the same page cache
+(``same_start``): the project's inputs in it, case e's inputs (17 GB) not, so that relion_py and RELION both read
+those from the disk; relion_py also runs e with ``--j 2`` (RELION's relion_reconstruct has one thread).
 
     python bench/table.py /path/to/bench_root [--cases a,c,d] [--rounds 3]
 
@@ -57,6 +57,20 @@ def evict(files):
         fd = os.open(path, os.O_RDONLY)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
+
+
+def same_start(root, cold):
+    """The same page cache for every run, whatever ran before (another program's 17 GB of reads, say, whose
+    pages a run would otherwise have to reclaim): dropped (when allowed: as root), then the project's input
+    files read into it, as in RELION's anchors; the files ``cold`` evicted (read from the disk by the run)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError:
+        pass
+    for path in files_in(root / "project"):
+        path.read_bytes()
+    evict(cold)
 
 
 def files_read_speed(folder, size=1 << 30):
@@ -117,19 +131,17 @@ def main(argv=None):
         if case == "e_reconstruct_3drot":                 # its input: relion_py's b output
             words[words.index("--i") + 1] = "py_b_subtomo3d/particles.star"
         inputs = args.root / "py_b_subtomo3d"
-        cold = case == "e_reconstruct_3drot"
+        cold = files_in(inputs) if case == "e_reconstruct_3drot" else []
         variants = {case: []} if case != "e_reconstruct_3drot" else {case: [], f"{case} --j 2": ["--j", "2"]}
         runs = {name: [] for name in variants}
         runs["RELION"] = []
         relion = relion_binary(words[0])
         for _ in range(args.rounds):
             for name, extra in variants.items():
-                if cold:
-                    evict(files_in(inputs))
+                same_start(args.root, cold)
                 runs[name].append(run_case([cli(PROGRAMS[words[0]])] + words[1:] + extra, args.root, "py_"))
             if relion:
-                if cold:
-                    evict(files_in(inputs))
+                same_start(args.root, cold)
                 runs["RELION"].append(run_case([relion] + words[1:], args.root, "relion_"))
         floor = runs[case][0][2] / 1e6 / write
         if case == "e_reconstruct_3drot":         # its input files, read whole one after the other
