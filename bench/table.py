@@ -3,7 +3,8 @@ relion_py and, when RELION's programs are on PATH, by RELION alternately in the 
 floor set by the disk (output bytes / write speed, plus for relion_reconstruct input bytes / the speed at which its
 input files are read, all measured on the spot) and the peak RSS. Every run starts from the same page cache
 (``same_start``): the project's inputs in it, case e's inputs (17 GB) not, so that relion_py and RELION both read
-those from the disk; relion_py also runs e with ``--j 2`` (RELION's relion_reconstruct has one thread).
+those from the disk, and RELION's output deleted after each of its runs (b's 17 GB would stay cached);
+relion_py also runs e with ``--j 2`` (RELION's relion_reconstruct has one thread).
 
     python bench/table.py /path/to/bench_root [--cases a,c,d] [--rounds 3]
 
@@ -60,14 +61,9 @@ def evict(files):
 
 
 def same_start(root, cold):
-    """The same page cache for every run, whatever ran before (another program's 17 GB of reads, say, whose
-    pages a run would otherwise have to reclaim): dropped (when allowed: as root), then the project's input
-    files read into it, as in RELION's anchors; the files ``cold`` evicted (read from the disk by the run)."""
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("1\n")
-    except OSError:
-        pass
+    """The same page cache for every run: the project's input files read into it (as in RELION's anchors), the
+    files ``cold`` (e's 17 GB of input) evicted, so that the run reads them from the disk and the next run does
+    not have to reclaim their pages."""
     for path in files_in(root / "project"):
         path.read_bytes()
     evict(cold)
@@ -101,18 +97,26 @@ def folder_bytes(path):
     return sum(p.stat().st_size for p in ([path] if path.is_file() else files_in(path)))
 
 
+def output_folder(words, root, prefix):
+    """(renamed --o value, the folder holding the output) of an anchor command run with ``prefix``."""
+    out = prefix + words[words.index("--o") + 1]
+    return out, (root / out if out.endswith("/") else (root / out).parent)
+
+
 def run_case(words, root, prefix):
     """Run an anchor command (its output renamed with ``prefix``); (wall s, peak RSS MiB, output bytes)."""
     words = list(words)
-    o = words.index("--o") + 1
-    out = prefix + words[o]
-    words[o] = out
-    target = root / out
-    shutil.rmtree(target if out.endswith("/") else target.parent, ignore_errors=True)
+    out, folder = output_folder(words, root, prefix)
+    words[words.index("--o") + 1] = out
+    shutil.rmtree(folder, ignore_errors=True)
     if not out.endswith("/"):
-        target.parent.mkdir(parents=True)            # relion_reconstruct writes into an existing folder
+        folder.mkdir(parents=True)      # relion_reconstruct writes into an existing folder
     wall, own, child, _ = run_sampled(words, root)
-    return wall, max(own, child), folder_bytes(target)
+    return wall, max(own, child), folder_bytes(root / out)
+
+
+def remove_output(words, root, prefix):
+    shutil.rmtree(output_folder(words, root, prefix)[1], ignore_errors=True)
 
 
 def main(argv=None):
@@ -143,6 +147,8 @@ def main(argv=None):
             if relion:
                 same_start(args.root, cold)
                 runs["RELION"].append(run_case([relion] + words[1:], args.root, "relion_"))
+                remove_output(words, args.root, "relion_")     # its cached pages would weigh on the next runs
+            evict(cold)
         floor = runs[case][0][2] / 1e6 / write
         if case == "e_reconstruct_3drot":         # its input files, read whole one after the other
             speed = files_read_speed(inputs)
@@ -159,7 +165,6 @@ def main(argv=None):
             print(rows[-1], flush=True)
         if case == "e_reconstruct_3drot" or (case == "b_subtomo_3d" and "e_reconstruct_3drot" not in chosen):
             shutil.rmtree(args.root / "py_b_subtomo3d", ignore_errors=True)
-            shutil.rmtree(args.root / "relion_b_subtomo3d", ignore_errors=True)
     print("\n| case | RELION | relion_py | ratio | disk floor | peak RSS relion_py / RELION |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
