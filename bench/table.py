@@ -3,8 +3,9 @@ relion_py and, when RELION's programs are on PATH, by RELION alternately in the 
 floor set by the disk (output bytes / write speed, plus for relion_reconstruct input bytes / the speed at which its
 input files are read, all measured on the spot) and the peak RSS. Every run starts from the same page cache
 (``same_start``): the project's inputs in it, case e's inputs (17 GB) not, so that relion_py and RELION both read
-those from the disk, and RELION's output deleted after each of its runs (b's 17 GB would stay cached);
-relion_py also runs e with ``--j 2`` (RELION's relion_reconstruct has one thread).
+those from the disk; each program deletes its previous output right before its run (on ext4, files created
+soon after a deletion are slower to create, so both pay alike); relion_py also runs e with ``--j 2``
+(RELION's relion_reconstruct has one thread).
 
     python bench/table.py /path/to/bench_root [--cases a,c,d] [--rounds 3]
 
@@ -147,7 +148,6 @@ def main(argv=None):
             if relion:
                 same_start(args.root, cold)
                 runs["RELION"].append(run_case([relion] + words[1:], args.root, "relion_"))
-                remove_output(words, args.root, "relion_")     # its cached pages would weigh on the next runs
             evict(cold)
         floor = runs[case][0][2] / 1e6 / write
         if case == "e_reconstruct_3drot":         # its input files, read whole one after the other
@@ -163,6 +163,8 @@ def main(argv=None):
             rows.append(f"| {name} | {relion_wall:.1f} s{'' if here else ' (anchor)'} | {wall:.1f} s | "
                         f"{relion_wall / wall:.2f}× | {floor:.1f} s | {rss:.0f} / {relion_rss:.0f} MiB |")
             print(rows[-1], flush=True)
+        if case == "b_subtomo_3d":          # 17 GB in the page cache, which RELION's e would have to reclaim
+            remove_output(words, args.root, "relion_")
         if case == "e_reconstruct_3drot" or (case == "b_subtomo_3d" and "e_reconstruct_3drot" not in chosen):
             shutil.rmtree(args.root / "py_b_subtomo3d", ignore_errors=True)
     print("\n| case | RELION | relion_py | ratio | disk floor | peak RSS relion_py / RELION |\n|---|---|---|---|---|---|")
