@@ -48,13 +48,37 @@ def _write_all(fd, view, offset):
         view, offset = view[n:], offset + n
 
 
+def _direct_device(path, nbytes):
+    """The device of ``path``'s folder if ``nbytes`` are to go around the page cache there, else None."""
+    device = os.stat(os.path.dirname(os.path.abspath(path))).st_dev
+    ok = _O_DIRECT and nbytes >= MIN_DIRECT_BYTES and device not in _direct_refused
+    return device if ok else None
+
+
+def _direct(path, flags, device, use):
+    """``use(fd)`` of ``path`` opened with ``flags | O_DIRECT``, or None where the file system refuses
+    ``O_DIRECT`` (at open, or on some file systems at the first read or write: EINVAL); it is then not tried
+    again on that device."""
+    try:
+        fd = os.open(path, flags | _O_DIRECT, 0o666)
+        try:
+            return use(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        _direct_refused.add(device)
+        return None
+
+
 def write_arrays(path, header, payload):
     """Write ``header`` (bytes) followed by the array ``payload`` (any shape; written in C order) to
     ``path``, created or truncated."""
     payload = np.asarray(payload)
     total = len(header) + payload.nbytes
-    device = os.stat(os.path.dirname(os.path.abspath(path))).st_dev
-    if not _O_DIRECT or total < MIN_DIRECT_BYTES or device in _direct_refused:
+    device = _direct_device(path, total)
+    if device is None:
         _write_buffered(path, header, payload)
         return
     buf = _staging(total)
@@ -62,19 +86,14 @@ def write_arrays(path, header, payload):
     np.copyto(buf[len(header):total].view(payload.dtype).reshape(payload.shape), payload)
     padded = -(-total // BLOCK) * BLOCK
     buf[total:padded] = 0
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o666)
-        try:
-            # whole blocks (the last one padded), then the file is cut back to its true size
-            _write_all(fd, memoryview(buf[:padded]), 0)
-            if padded != total:
-                os.ftruncate(fd, total)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        if e.errno != errno.EINVAL:        # refused at open, or (some file systems) at the first write
-            raise
-        _direct_refused.add(device)
+
+    def write(fd):
+        # whole blocks (the last one padded), then the file is cut back to its true size
+        _write_all(fd, memoryview(buf[:padded]), 0)
+        if padded != total:
+            os.ftruncate(fd, total)
+        return True
+    if _direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, device, write) is None:
         _write_buffered(path, header, payload)
 
 
@@ -87,20 +106,13 @@ def _write_buffered(path, header, payload):
 def read_file(path):
     """The whole content of ``path`` as a uint8 array. Raises ``OSError``."""
     size = os.stat(path).st_size
-    device = os.stat(os.path.dirname(os.path.abspath(path))).st_dev
-    if _O_DIRECT and size >= MIN_DIRECT_BYTES and device not in _direct_refused:
-        try:
-            fd = os.open(path, os.O_RDONLY | _O_DIRECT)
-            try:
-                # whole blocks; the last read stops at the end of the file
-                buf = _aligned(-(-size // BLOCK) * BLOCK)
-                return buf[:_read_all(lambda view: os.readv(fd, [view]), buf)]
-            finally:
-                os.close(fd)
-        except OSError as e:
-            if e.errno != errno.EINVAL:        # refused at open, or (some file systems) at the first read
-                raise
-            _direct_refused.add(device)
+    device = _direct_device(path, size)
+    if device is not None:
+        # whole blocks; the last read stops at the end of the file
+        buf = _aligned(-(-size // BLOCK) * BLOCK)
+        data = _direct(path, os.O_RDONLY, device, lambda fd: buf[:_read_all(lambda view: os.readv(fd, [view]), buf)])
+        if data is not None:
+            return data
     buf = np.empty(size, np.uint8)
     with open(path, "rb", buffering=0) as fh:
         return buf[:_read_all(fh.readinto, buf)]
