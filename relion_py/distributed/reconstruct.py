@@ -8,7 +8,6 @@ import os
 from ..programs.reconstruct_images import ImageReconstruction, reconstruct_images
 from ..programs.reconstruct_particle import ParticleReconstruction, reconstruct_particle
 from ..runtime.cluster_options import cluster_defaults
-from ..runtime.partition import OrderedReduction
 from .cluster import connect, ordered_results, start_mpi, worker_run
 
 
@@ -58,8 +57,7 @@ class _ParticleWorker:
 
     def __init__(self, opts):
         self.reconstruction = ParticleReconstruction(opts)
-        self.reduction = OrderedReduction(self.reconstruction.accumulator(),
-                                          min(self.reconstruction.n_acc, self.reconstruction.threads))
+        self.reduction = self.reconstruction.reduction()
 
     def close(self):
         self.reconstruction.close()
