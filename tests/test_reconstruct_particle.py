@@ -14,7 +14,6 @@ from relion_py.io.mrc import read_mrc
 from relion_py.kernels.tomography import insertion_backward
 from relion_py.kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
 from relion_py.kernels.tomography.map_finalisation import symmetrise
-from relion_py.kernels.tomography.sphere_sums import add_inside_sphere, reach, zero_inside_sphere
 from relion_py.programs.reconstruct_particle import ReconstructParticleOptions, reconstruct_particle
 from relion_py.tomography.helical_symmetry import tomo_symmetry_matrices
 
@@ -233,31 +232,6 @@ def test_backward_insertion_matches_relion_loop(seed, block_bytes, monkeypatch):
     np.testing.assert_allclose(d_sum, ref_d, rtol=0, atol=1e-9)
     np.testing.assert_allclose(w_sum, ref_w, rtol=0, atol=1e-9)
     assert np.count_nonzero(w_sum) > 100
-
-
-@pytest.mark.parametrize("s", [16, 17])
-def test_batch_sums_inside_the_sphere_the_insertion_reaches(s):
-    """Slices inserted at the largest radius allowed (s/2 + 1) write nothing outside the sphere of
-    ``sphere_sums``; zeroing and adding inside it give the bits of whole-array ``fill(0)`` and ``+=``."""
-    rng = np.random.default_rng(6)
-    n = 6
-    g = (rng.standard_normal((n, s, s // 2 + 1)) + 1j * rng.standard_normal((n, s, s // 2 + 1))).astype(np.complex64)
-    v = rng.random((n, s, s // 2 + 1)).astype(np.float32)
-    rot = np.linalg.qr(rng.standard_normal((n, 3, 3)))[0] * rng.uniform(0.6, 1.0, (n, 1, 1))
-    acc = np.zeros((2, s, s, s // 2 + 1, 3))
-    insert_slices_backward(acc[None], g, v, slice_matrices(rot), np.full(n, reach(s)), np.arange(n) % 2,
-                           np.array([0, n]))
-    inside = acc.copy()
-    zero_inside_sphere(inside)
-    assert np.count_nonzero(acc) > 0 and not inside.any()        # nothing was written outside
-    total = rng.standard_normal(acc.shape)
-    total[inside == 0] = 0.0
-    expect = total + acc
-    add_inside_sphere(total, acc)
-    assert total.tobytes() == expect.tobytes()
-    with pytest.raises(ValueError):
-        insert_slices_backward(acc[None], g, v, slice_matrices(rot), np.full(n, reach(s) + 1), np.zeros(n, np.int64),
-                               np.array([0, n]))
 
 
 def test_slice_matrices_invert_and_transpose():

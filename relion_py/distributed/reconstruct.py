@@ -8,6 +8,7 @@ import os
 from ..programs.reconstruct_images import ImageReconstruction, reconstruct_images
 from ..programs.reconstruct_particle import ParticleReconstruction, reconstruct_particle
 from ..runtime.cluster_options import cluster_defaults
+from ..runtime.partition import OrderedReduction
 from .cluster import connect, ordered_results, start_mpi, worker_run
 
 
@@ -57,7 +58,8 @@ class _ParticleWorker:
 
     def __init__(self, opts):
         self.reconstruction = ParticleReconstruction(opts)
-        self.reduction = self.reconstruction.reduction()
+        self.reduction = OrderedReduction(self.reconstruction.accumulator(),
+                                          min(self.reconstruction.n_acc, self.reconstruction.threads))
 
     def close(self):
         self.reconstruction.close()

@@ -35,7 +35,6 @@ from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import ProjectInputs, check_supported, option
 from ..runtime.parallel import PerThread, numba_threads
 from ..runtime.partition import OrderedReduction, batch_bounds, group_bounds
-from ..kernels.tomography.sphere_sums import add_inside_sphere, zero_inside_sphere
 from ..runtime.progress import Progress, summary
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ParticleSet, Trajectories
@@ -219,12 +218,6 @@ class ParticleReconstruction:
         s = self.opts.b
         return np.zeros((self.n_half, s, s, s // 2 + 1, 3))
 
-    def reduction(self):
-        """The :class:`OrderedReduction` of the batch sums: --j_out batch accumulators in flight (no more than
-        the threads fill), zeroed and added to the total only where the insertion writes."""
-        return OrderedReduction(self.accumulator(), min(self.n_acc, self.threads), zero_inside_sphere,
-                                add_inside_sphere)
-
     def visible_particles(self, tt):
         """Particles of tomogram ``tt`` visible in at least one tilt image."""
         geom = self.geoms.get(self.tomograms.tomograms[tt].name)
@@ -269,7 +262,7 @@ class ParticleReconstruction:
 def _sum_groups_here(run, groups):
     """The group sums, in order, computed in this process on --j threads (--j_out batches in flight)."""
     out = run.accumulator()
-    reduction = run.reduction()
+    reduction = OrderedReduction(out, min(run.n_acc, run.threads))
     for group in groups:
         out.fill(0.0)
         yield run.sum_group(group, out, reduction)

@@ -58,16 +58,12 @@ class OrderedReduction:
     total (RELION's --j_out accumulators play this part, and --mem limits their number the same way).
     """
 
-    def __init__(self, like, buffers, zero=None, add=None):
-        """``zero(acc)`` / ``add(total, acc)``: how a batch accumulator is zeroed and added to the total
-        (default: the whole array; a program may restrict both to where its batches can write)."""
-        self._buffers = [np.zeros_like(like) for _ in range(max(1, int(buffers)))]
-        self._zero = zero or (lambda acc: acc.fill(0.0))
-        self._add = add or (lambda total, acc: np.add(total, acc, out=total))
+    def __init__(self, like, buffers):
+        self._buffers = [np.empty_like(like) for _ in range(max(1, int(buffers)))]
 
     def _batch(self, accumulate, k, index):
         acc = self._buffers[index]
-        self._zero(acc)
+        acc.fill(0.0)
         accumulate(k, acc)
         return index
 
@@ -78,7 +74,7 @@ class OrderedReduction:
         starts. Returns ``total``."""
         if threads <= 1 or len(self._buffers) == 1:
             for k in range(n_batches):
-                self._add(total, self._buffers[self._batch(accumulate, k, 0)])
+                total += self._buffers[self._batch(accumulate, k, 0)]
                 if done is not None:
                     done(k)
             return total
@@ -89,7 +85,7 @@ class OrderedReduction:
         def add_oldest():
             nonlocal added
             index = pending.popleft().result()
-            self._add(total, self._buffers[index])
+            np.add(total, self._buffers[index], out=total)
             free.append(index)
             if done is not None:
                 done(added)

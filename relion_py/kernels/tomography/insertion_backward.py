@@ -26,7 +26,6 @@ import numpy as np
 from ...runtime.errors import RelionPyError
 from .._jit import njit
 from ..prefetch import prefetch as _prefetch
-from .sphere_sums import reach
 
 #: Hits listed before they are gathered, and how many hits ahead their memory is prefetched.
 HIT_BUFFER = 1024
@@ -248,8 +247,6 @@ def insert_slices_backward(acc, spectra, spectra_weights, slice_q, radii, halves
         raise ValueError("insert_slices_backward: per-slice arrays have inconsistent shapes")
     if m and (halves.min() < 0 or halves.max() >= n_half):
         raise RelionPyError("half-set index out of range")
-    if m and radii.max() > reach(s):      # the batch sums are zeroed and added inside that sphere only
-        raise ValueError(f"insert_slices_backward: radius {radii.max()} beyond {reach(s)} px")
     if m == 0:
         return acc
     block = max(1, BLOCK_BYTES // (s * sh * 24))
