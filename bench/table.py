@@ -133,11 +133,14 @@ def main(argv=None):
     rows = []
     for case in chosen:
         words = anchors[case]["command"].split()
-        if case == "e_reconstruct_3drot":                 # its input: relion_py's b output
-            words[words.index("--i") + 1] = "py_b_subtomo3d/particles.star"
         inputs = args.root / "py_b_subtomo3d"
-        cold = files_in(inputs) if case == "e_reconstruct_3drot" else []
-        variants = {case: []} if case != "e_reconstruct_3drot" else {case: [], f"{case} --j 2": ["--j", "2"]}
+        is_e = case == "e_reconstruct_3drot"
+        variants = {case: []}                           # relion_py's runs: extra words
+        cold = []
+        if is_e:                                        # its input: relion_py's b output, read from the disk
+            words[words.index("--i") + 1] = "py_b_subtomo3d/particles.star"
+            variants[f"{case} --j 2"] = ["--j", "2"]
+            cold = files_in(inputs)
         runs = {name: [] for name in variants}
         runs["RELION"] = []
         relion = relion_binary(words[0])
@@ -150,7 +153,7 @@ def main(argv=None):
                 runs["RELION"].append(run_case([relion] + words[1:], args.root, "relion_"))
             evict(cold)
         floor = runs[case][0][2] / 1e6 / write
-        if case == "e_reconstruct_3drot":         # its input files, read whole one after the other
+        if is_e:                                  # its input files, read whole one after the other
             speed = files_read_speed(inputs)
             floor += folder_bytes(inputs) / 1e6 / speed
             print(f"e's input files come from the disk at {speed:.0f} MB/s", flush=True)
@@ -165,7 +168,7 @@ def main(argv=None):
             print(rows[-1], flush=True)
         if case == "b_subtomo_3d":          # 17 GB in the page cache, which RELION's e would have to reclaim
             remove_output(words, args.root, "relion_")
-        if case == "e_reconstruct_3drot" or (case == "b_subtomo_3d" and "e_reconstruct_3drot" not in chosen):
+        if is_e or (case == "b_subtomo_3d" and "e_reconstruct_3drot" not in chosen):
             shutil.rmtree(args.root / "py_b_subtomo3d", ignore_errors=True)
     print("\n| case | RELION | relion_py | ratio | disk floor | peak RSS relion_py / RELION |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
