@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import starfile
 
 import relion_compare
 from conftest import FIXTURES, compare_with_relion, mirror_fixtures, working_directory
@@ -82,6 +83,30 @@ def test_resume_from_checkpoint(tmp_path):
     ok, report = compare_with_relion(FIXTURES / case, out)
     assert ok, report[-3000:]
     assert os.listdir(out / "temp") == []
+
+
+@pytest.mark.parametrize("half_sets", [True, False])
+def test_stop_line_offers_a_resume_only_from_half_set_checkpoints(tmp_path, monkeypatch, half_sets):
+    """A stopped run offers --only_do_unfinished for its finished tomograms only when their checkpoints can be
+    resumed from: RELION's resume looks for the half2 checkpoint, which runs without half sets do not write."""
+    from relion_py.runtime import job_control
+    monkeypatch.setattr(job_control._Finished, "count", 0)
+    monkeypatch.setattr(job_control._Finished, "what", None)
+    work = mirror_fixtures(tmp_path / "project", "none")
+    args = list(SMALL)
+    if not half_sets:
+        table = starfile.read(work / "synthetic" / "particles.star", always_dict=True)
+        table["particles"] = table["particles"].drop(columns="rlnRandomSubset")
+        starfile.write(table, tmp_path / "particles.star")
+        args[args.index("synthetic/particles.star")] = str(tmp_path / "particles.star")
+    with working_directory(work):
+        assert main(args + ["--no_ctf", "--no_recon", "--o", "out/"]) == 0
+    assert sorted(os.listdir(work / "out" / "temp")) == sorted(
+        f"sum_0_{kind}_half{h}.mrc" for kind in ("ctf", "data") for h in ((0, 1) if half_sets else (0,)))
+    if half_sets:
+        assert job_control.finished_summary().startswith("1 tomograms (checkpoints in temp/) were finished")
+    else:
+        assert job_control.finished_summary() == "no work was kept: run it again"
 
 
 def test_python_api_and_thread_layouts_agree(tmp_path):

@@ -25,7 +25,6 @@ from ..io.output_folder import refuse_overwriting_inputs
 from ..io.particle_images import ImageReader, image_path
 from ..io.star import read_star
 from ..kernels.classic import insertion
-from ..kernels.classic.padded_grid import split_accumulator
 from ..kernels.classic.reconstruct_grid import Grid, GridInsertion, reconstruct_grid
 from ..project.observation_model import load_particles
 from ..runtime.errors import RelionPyError
@@ -210,22 +209,11 @@ def reconstruct_images(opts, sum_groups=None):
         info(f"{len(parts.names)} of {n_all} particles, {data_dim}-D data, box {n_box}, "
              f"pixel size {angpix:g} A")
     fsc = _read_fsc(opts.fsc, n_box) if opts.fsc else None
-    total = run.accumulator()
-    groups = run.groups()
-    sums = (sum_groups or _sum_groups_here)(run, groups)
-    with Progress("Back-projecting", len(parts.names), kernels=insertion) as bar:
-        for (first, end), group_sum in zip(groups, sums):
-            total += group_sum
-            bar.advance(end - first)
-            del group_sum
-    del sums                # the group accumulator and the insertion buffers go before the maps are made
-    run.close()
-    data, weight = split_accumulator(total)
-    del total
     helical = helical_rotations(opts.nr_helical_asu, opts.helical_twist) if opts.nr_helical_asu >= 2 else None
     with numba_threads(run.threads):
-        vol = reconstruct_grid(data, weight, run.grid, opts, data_dim, angpix, point_group_operators(opts.sym),
-                               helical, fsc=fsc, workers=run.threads)
+        # the accumulator is handed over, not kept here: reconstruct_grid frees it once split
+        vol = reconstruct_grid(_backproject(run, sum_groups), run.grid, opts, data_dim, angpix,
+                               point_group_operators(opts.sym), helical, fsc=fsc, workers=run.threads)
     write_mrc(opts.o, vol, angpix)
     if opts.verb > 0:
         info(f"Done! Written output map in: {opts.o}")
@@ -234,6 +222,22 @@ def reconstruct_images(opts, sum_groups=None):
                 "particles", start)
     return ReconstructResult(output=opts.o, n_particles=len(parts.names), box=n_box, pixel_size=angpix,
                              volume=vol)
+
+
+def _backproject(run, sum_groups):
+    """The insertion accumulator of all the run's particles: the group sums added in order; the group
+    accumulator and the insertion buffers are freed before it is returned."""
+    groups = run.groups()
+    total = run.accumulator()
+    sums = (sum_groups or _sum_groups_here)(run, groups)
+    with Progress("Back-projecting", len(run.parts.names), kernels=insertion) as bar:
+        for (first, end), group_sum in zip(groups, sums):
+            total += group_sum
+            bar.advance(end - first)
+            del group_sum
+    del sums
+    run.close()
+    return total
 
 
 class ImageReconstruction:

@@ -298,7 +298,8 @@ def _reconstruct_into(run, command, out_dir, start_time, sum_groups):
             check_abort(opts.pipeline_control)
             if end == len(batch_bounds(run.visible_particles(tt))) - 1 and not opts.no_backup:
                 _write_checkpoint(tmp_root, tt, total)             # the tomogram's last group is in
-                count_finished(1, "tomograms (checkpoints in temp/)")
+                if total.shape[0] == 2:     # QUIRK: --only_do_unfinished resumes from half-set checkpoints only
+                    count_finished(1, "tomograms (checkpoints in temp/)")
                 if previous > -1:
                     _remove(glob.glob(f"{tmp_root}{previous}*.mrc"))
                 previous = tt

@@ -17,11 +17,14 @@ from .padded_grid import check_accumulator
 
 
 @njit(inline="always")
-def _splat(acc, z0, y0, x0, fx, fy, fz, vr, vi, wt):
+def _splat(acc, z0, y0, x0, fx, fy, fz, vr, vi, wt, z_lo, z_hi):
+    """Trilinear splat into the planes z0, z0 + 1 that lie in [z_lo, z_hi)."""
     mfx = 1. - fx
     mfy = 1. - fy
     mfz = 1. - fz
     for dz in range(2):
+        if z0 + dz < z_lo or z0 + dz >= z_hi:
+            continue
         wz = fz if dz else mfz
         for dy in range(2):
             wzy = wz * (fy if dy else mfy)      # dd_abc = (wz · wy) · wx, RELION's grouping
@@ -37,21 +40,22 @@ def _splat(acc, z0, y0, x0, fx, fy, fz, vr, vi, wt):
 
 
 @njit(inline="always")
-def _add_entry(acc, off, xp, yp, zp, vr, vi, wt, mode):
-    """Add one resolved entry: mode 1 = trilinear splat at (xp, yp, zp) (x >= 0 half), mode 2 = nearest
-    neighbour at the integer logical voxel (xp, yp, zp)."""
+def _add_entry(acc, off, xp, yp, zp, vr, vi, wt, mode, z_lo, z_hi):
+    """Add one resolved entry to the planes [z_lo, z_hi) of acc: mode 1 = trilinear splat at (xp, yp, zp)
+    (x >= 0 half), mode 2 = nearest neighbour at the integer logical voxel (xp, yp, zp)."""
     if mode == 1:
         x0 = ifloor(xp)
         y0 = ifloor(yp)
         z0 = ifloor(zp)
-        _splat(acc, z0 + off, y0 + off, x0, xp - x0, yp - y0, zp - z0, vr, vi, wt)
+        _splat(acc, z0 + off, y0 + off, x0, xp - x0, yp - y0, zp - z0, vr, vi, wt, z_lo, z_hi)
     else:
         x0 = int(xp)
         y0 = int(yp) + off
         z0 = int(zp) + off
-        acc[z0, y0, x0, 0] += vr
-        acc[z0, y0, x0, 1] += vi
-        acc[z0, y0, x0, 2] += wt
+        if z_lo <= z0 < z_hi:
+            acc[z0, y0, x0, 0] += vr
+            acc[z0, y0, x0, 1] += vi
+            acc[z0, y0, x0, 2] += wt
 
 
 @njit(inline="always")
@@ -88,22 +92,25 @@ def _resolve(xp, yp, zp, vi, nn, xdim, ydim, zdim, off, border_test):
 
 
 @njit(inline="always")
-def _slab_of(mode, zp, off, slab_h):
-    """Slab (of ``slab_h`` destination z planes) of a resolved entry: that of its lowest z plane."""
+def _lowest_plane(mode, zp, off):
+    """The lowest destination z plane of a resolved entry (a splat also reaches the plane above)."""
     if mode == 1:
-        return (ifloor(zp) + off) // slab_h
-    return (int(zp) + off) // slab_h
+        return ifloor(zp) + off
+    return int(zp) + off
 
 
 @njit(inline="always")
 def _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, entries):
     """One insertion of a walk: task 0 adds it to ``acc`` now; task 1 appends it to ``entries`` (in walk
-    order, ``counts[-1]`` the running total) and counts it in its slab (the weight's sign marks
+    order, ``counts[-1]`` the running total) and counts it in each slab it reaches (the weight's sign marks
     nearest-neighbour entries; weights are > 0)."""
     if task == 0:
-        _add_entry(acc, off, xp, yp, zp, vr, vi, wt, mode)
+        _add_entry(acc, off, xp, yp, zp, vr, vi, wt, mode, 0, acc.shape[0])
         return
-    counts[_slab_of(mode, zp, off, slab_h)] += 1
+    z0 = _lowest_plane(mode, zp, off)
+    counts[z0 // slab_h] += 1
+    if mode == 1 and (z0 + 1) % slab_h == 0:          # the splat's upper plane starts the next slab
+        counts[z0 // slab_h + 1] += 1
     e = entries[counts[-1]]
     counts[-1] += 1
     e[0] = xp
@@ -295,12 +302,13 @@ class SlabEntries:
 
     Each image is first *resolved* (``resolve_2d`` / ``resolve_3d``: the exact pixel/voxel loop of
     ``backproject2Dto3D`` / ``backrotate3D``, run once) into entries (x, y, z, re, im, ±weight) in a scratch
-    array, in walk order, counted per destination slab of ``slab_h`` z planes; ``reserve`` then gives it room
-    in the shared buffer in image order and ``place`` copies its entries there sorted by slab (a stable
-    counting sort: walk order kept within a slab); ``insert`` adds all entries of all images slab by slab
-    (even slabs in parallel, then odd ones: a splat reaches one plane into the next slab), so that the
-    destination planes stay in cache while every image passes. The sum per voxel equals the image-by-image
-    insertion up to the order of the additions, which is fixed (it does not depend on the thread count).
+    array, in walk order, counted per destination slab of ``slab_h`` z planes (a splat whose two planes lie
+    in two slabs counts in both); ``reserve`` then gives it room in the shared buffer in image order and
+    ``place`` copies its entries there sorted by slab (a stable counting sort: walk order kept within a
+    slab); ``insert`` adds all entries of all images slab by slab, all slabs in parallel, each writing only
+    its own planes, so that the destination planes stay in cache while every image passes. Every voxel thus
+    receives its additions in image order and, within an image, in walk order: the sums are bit for bit
+    those of RELION's image-by-image insertion, whatever the buffer's capacity and the thread count.
     """
 
     def __init__(self, grid_shape, slab_h, capacity):
@@ -369,24 +377,29 @@ class SlabEntries:
 def _place_by_slab(entries, starts, scratch, n, off, slab_h):
     for m in range(n):
         e = scratch[m]
-        slab = _slab_of(1 if e[5] > 0.0 else 2, e[2], off, slab_h)
+        z0 = _lowest_plane(1 if e[5] > 0.0 else 2, e[2], off)
+        slab = z0 // slab_h
         for c in range(6):
             entries[starts[slab], c] = e[c]
         starts[slab] += 1
+        if e[5] > 0.0 and (z0 + 1) % slab_h == 0:     # also in the next slab, for its upper plane
+            for c in range(6):
+                entries[starts[slab + 1], c] = e[c]
+            starts[slab + 1] += 1
 
 
 @njit(parallel=True)
 def _insert_slabs(acc, entries, starts, counts, slab_h):
     n_img, n_slabs = starts.shape
     off = (acc.shape[1] - 1) // 2
-    for phase in range(2):
-        for ss in numba.prange((n_slabs + 1 - phase) // 2):
-            s = 2 * ss + phase
-            for b in range(n_img):
-                st = starts[b, s]
-                for m in range(st, st + counts[b, s]):
-                    e = entries[m]
-                    if e[5] > 0.0:
-                        _add_entry(acc, off, e[0], e[1], e[2], e[3], e[4], e[5], 1)
-                    else:
-                        _add_entry(acc, off, e[0], e[1], e[2], e[3], e[4], -e[5], 2)
+    for s in numba.prange(n_slabs):
+        z_lo = s * slab_h
+        z_hi = min(z_lo + slab_h, acc.shape[0])
+        for b in range(n_img):
+            st = starts[b, s]
+            for m in range(st, st + counts[b, s]):
+                e = entries[m]
+                if e[5] > 0.0:
+                    _add_entry(acc, off, e[0], e[1], e[2], e[3], e[4], e[5], 1, z_lo, z_hi)
+                else:
+                    _add_entry(acc, off, e[0], e[1], e[2], e[3], e[4], -e[5], 2, z_lo, z_hi)

@@ -19,7 +19,7 @@ from .insertion import SlabEntries, backproject_2d_to_3d, backrotate_3d
 from .macros import relion_round
 from .mask import soft_mask_outside_map
 from .matrix2d import inverse_3x3
-from .padded_grid import new_accumulator
+from .padded_grid import new_accumulator, split_accumulator
 from .projector import decenter, gridding_correct
 from .reconstruct import add_map_term, blob_multiply, fsc_tau2, ft_blob_table, gridding_update, radial_floor_divide
 from .symmetrise import apply_helical_symmetry, apply_point_group_symmetry, enforce_hermitian_symmetry
@@ -216,10 +216,13 @@ class ParticleInserter:
         return ctf, multi
 
 
-#: Memory for resolved insertion entries (48 bytes each); ~24 pseudo-subtomograms of 96³ per batch.
-ENTRY_BUFFER_BYTES = 256 * 2**20
-#: Target size of one slab of the padded grid (its planes should stay in the L2 cache while a batch passes).
-SLAB_BYTES = 2**20
+#: Memory for resolved insertion entries (48 bytes each): about 12 pseudo-subtomograms of 96³ per batch. Only
+#: speed and memory depend on it, not the sums: each batch is one more pass over the padded grid (bench e:
+#: 256 MiB 34.7 s, 128 MiB 35.7 s, 64 MiB 38.1 s at --j 1; peak RSS 722 / 602 / 539 MiB).
+ENTRY_BUFFER_BYTES = 128 * 2**20
+#: Target size of one slab of the padded grid: its planes stay in the cache while a batch passes, and a splat
+#: that reaches into the next slab is stored twice (in 1 of 9 planes for the 195³ grid of a 96³ box).
+SLAB_BYTES = 4 * 2**20
 
 
 class GridInsertion:
@@ -228,7 +231,8 @@ class GridInsertion:
     Particles go through in chunks of ``threads``: read, transform, weigh and resolve them into their own
     scratch arrays in parallel (``ParticleInserter.prepare``, ``SlabEntries.resolve_*``), reserve buffer room
     in particle order, copy them there sorted by slab in parallel, and when the buffer is full insert the
-    whole batch slab by slab (``SlabEntries.insert``). The result does not depend on the number of threads.
+    whole batch slab by slab (``SlabEntries.insert``). The sums are those of RELION's particle-by-particle
+    insertion, bit for bit, whatever the number of threads and the buffer's capacity.
     """
 
     def __init__(self, opts, parts, grid, n_box, angpix, data_dim, reader, threads):
@@ -287,12 +291,16 @@ class GridInsertion:
         return acc
 
 
-def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, symmetry, helical=None, fsc=None, workers=1):
+def reconstruct_grid(acc, grid, opts, data_dim, angpix, symmetry, helical=None, fsc=None, workers=1):
     """Symmetrise the padded grid and turn it into the real-space map (``Reconstructor::reconstruct`` →
-    ``BackProjector::symmetrise`` and ``BackProjector::reconstruct``). data, weight: the padded grid
-    (modified); symmetry: the point group's operators (``point_group_operators``); helical: (hh, rotations) of
-    ``helical_rotations`` with --nr_helical_asu ≥ 2, else None; fsc: the FSC curve of
-    --fsc per shell of the N-box, or None. Returns (N, N, N) float64."""
+    ``BackProjector::symmetrise`` and ``BackProjector::reconstruct``). acc: the insertion accumulator of all
+    particles (``padded_grid``), consumed: pass it without keeping a reference, and each array here is freed
+    as soon as the next step no longer needs it (the map is made at a fraction of the insertion's memory);
+    symmetry: the point group's operators (``point_group_operators``); helical: (hh, rotations) of
+    ``helical_rotations`` with --nr_helical_asu ≥ 2, else None; fsc: the FSC curve of --fsc per shell of the
+    N-box, or None. Returns (N, N, N) float64."""
+    data, weight = split_accumulator(acc)
+    del acc
     n, pf = grid.ori_size, grid.pf
     enforce_hermitian_symmetry(data, weight)
     if helical is not None:
@@ -304,9 +312,11 @@ def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, symmetry, helic
     if fsc is not None:
         tau2 = fsc_tau2(weight, fsc, pf, oversampling, grid.max_r2)
         add_map_term(fweight, tau2, pf, oversampling, grid.max_r2)
+    del weight
     pad = grid.pad
     if not opts.dont_skip_gridding or opts.iter <= 0:
         fconv = decenter(data, grid.max_r2)
+        del data
         radial_floor_divide(fconv, fweight, pf, grid.r_max, grid.round_max_r2)
     else:
         table, sampling = ft_blob_table(opts.blob_r * 2., opts.blob_a, opts.blob_m)
@@ -314,23 +324,31 @@ def reconstruct_grid(data, weight, grid, opts, data_dim, angpix, symmetry, helic
         q = np.where(q < pad // 2 + 1, q, q - pad)
         r2 = q[:, None, None] ** 2 + q[None, :, None] ** 2 + np.arange(pad // 2 + 1)[None, None, :] ** 2
         fnewweight = (r2 < grid.max_r2).astype(np.float64)
+        del r2
         size_pf = float(np.float32(n) * grid.pf32)
         for _ in range(opts.iter):
             fconv = (fnewweight * fweight).astype(np.complex128)
             m = scipy.fft.irfftn(fconv, s=(pad, pad, pad), workers=workers)
+            del fconv
             m *= float(pad) ** 3
             blob_multiply(m, table, sampling, size_pf)
             fconv = scipy.fft.rfftn(m, workers=workers)
+            del m
             fconv /= float(pad) ** 3
             gridding_update(fnewweight, fconv, grid.max_r2)
+        del fconv
         fconv = decenter(data, grid.max_r2)
+        del data
         fconv *= fnewweight
+    del fweight
     # windowToOridimRealSpace
     m_size = relion_round(float(grid.pf32 * np.float32(n)))
     m_size += m_size % 2
     g = window_fourier_transform(fconv, m_size)
+    del fconv
     center_fft_by_sign(g)
     vol = scipy.fft.irfftn(g, s=(m_size,) * 3, workers=workers)
+    del g
     vol *= float(m_size) ** 3
     c0 = m_size // 2 - n // 2
     vol = np.ascontiguousarray(vol[c0:c0 + n, c0:c0 + n, c0:c0 + n])
