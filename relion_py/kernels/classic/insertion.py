@@ -100,6 +100,12 @@ def _lowest_plane(mode, zp, off):
 
 
 @njit(inline="always")
+def _reaches_next_slab(mode, z0, slab_h):
+    """Whether the splat of an entry whose lowest plane is z0 also reaches the next slab's first plane."""
+    return mode == 1 and (z0 + 1) % slab_h == 0
+
+
+@njit(inline="always")
 def _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, entries):
     """One insertion of a walk: task 0 adds it to ``acc`` now; task 1 appends it to ``entries`` (in walk
     order, ``counts[-1]`` the running total) and counts it in each slab it reaches (the weight's sign marks
@@ -109,7 +115,7 @@ def _emit(acc, off, xp, yp, zp, vr, vi, wt, mode, task, slab_h, counts, entries)
         return
     z0 = _lowest_plane(mode, zp, off)
     counts[z0 // slab_h] += 1
-    if mode == 1 and (z0 + 1) % slab_h == 0:          # the splat's upper plane starts the next slab
+    if _reaches_next_slab(mode, z0, slab_h):
         counts[z0 // slab_h + 1] += 1
     e = entries[counts[-1]]
     counts[-1] += 1
@@ -377,12 +383,13 @@ class SlabEntries:
 def _place_by_slab(entries, starts, scratch, n, off, slab_h):
     for m in range(n):
         e = scratch[m]
-        z0 = _lowest_plane(1 if e[5] > 0.0 else 2, e[2], off)
+        mode = 1 if e[5] > 0.0 else 2
+        z0 = _lowest_plane(mode, e[2], off)
         slab = z0 // slab_h
         for c in range(6):
             entries[starts[slab], c] = e[c]
         starts[slab] += 1
-        if e[5] > 0.0 and (z0 + 1) % slab_h == 0:     # also in the next slab, for its upper plane
+        if _reaches_next_slab(mode, z0, slab_h):         # also in the next slab, for its upper plane
             for c in range(6):
                 entries[starts[slab + 1], c] = e[c]
             starts[slab + 1] += 1
