@@ -5,13 +5,13 @@ import os
 
 import numpy as np
 import pytest
-import starfile
 
 import relion_compare
 from conftest import FIXTURES, compare_with_relion, mirror_fixtures, working_directory
 from relion_py.cli.reconstruct import main
 from relion_py.runtime.errors import RelionPyError
 from relion_py.io.mrc import read_mrc
+from relion_py.io.star import read_star, write_star
 from relion_py.kernels.tomography import insertion_backward
 from relion_py.kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
 from relion_py.kernels.tomography.map_finalisation import symmetrise
@@ -95,9 +95,9 @@ def test_stop_line_offers_a_resume_only_from_half_set_checkpoints(tmp_path, monk
     work = mirror_fixtures(tmp_path / "project", "none")
     args = list(SMALL)
     if not half_sets:
-        table = starfile.read(work / "synthetic" / "particles.star", always_dict=True)
-        table["particles"] = table["particles"].drop(columns="rlnRandomSubset")
-        starfile.write(table, tmp_path / "particles.star")
+        blocks = read_star(work / "synthetic" / "particles.star")
+        blocks["particles"] = blocks["particles"].drop(columns="rlnRandomSubset")
+        write_star(tmp_path / "particles.star", blocks)
         args[args.index("synthetic/particles.star")] = str(tmp_path / "particles.star")
     with working_directory(work):
         assert main(args + ["--no_ctf", "--no_recon", "--o", "out/"]) == 0

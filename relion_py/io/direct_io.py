@@ -110,7 +110,8 @@ def read_file(path):
     if device is not None:
         # whole blocks; the last read stops at the end of the file
         buf = _aligned(-(-size // BLOCK) * BLOCK)
-        data = _direct(path, os.O_RDONLY, device, lambda fd: buf[:_read_all(lambda view: os.readv(fd, [view]), buf)])
+        data = _direct(path, os.O_RDONLY, device,
+                       lambda fd: buf[:_read_all(lambda view: os.readv(fd, [view]), buf)])
         if data is not None:
             return data
     buf = np.empty(size, np.uint8)

@@ -15,7 +15,8 @@ def decenter(grid, max_r2):
     out = np.roll(grid, (-off, -off), axis=(0, 1))
     q = np.arange(pad, dtype=np.int32)         # int32 squares (pad < 2^15): half the temporary's bytes
     q = np.where(q < pad // 2 + 1, q, q - pad)
-    r2 = q[:, None, None] ** 2 + q[None, :, None] ** 2 + np.arange(grid.shape[2], dtype=np.int32)[None, None, :] ** 2
+    x = np.arange(grid.shape[2], dtype=np.int32)
+    r2 = q[:, None, None] ** 2 + q[None, :, None] ** 2 + x[None, None, :] ** 2
     out[r2 > max_r2] = 0
     return out
 
