@@ -27,7 +27,10 @@ from ...runtime.errors import RelionPyError
 from .._jit import njit
 from ..prefetch import prefetch as _prefetch
 
-#: Hits listed before they are gathered, and how many hits ahead their memory is prefetched.
+#: Hits listed before they are gathered, and how many hits ahead their memory is prefetched. Measured on the bench
+#: project (per particle, one thread, 2026-12-07): 256 hits 5 % slower, 2048 no faster; prefetching 32 hits
+#: ahead 3 % faster on this kernel (not measurable in whole runs), 64 no better; without prefetching the
+#: accumulator 50 % slower.
 HIT_BUFFER = 1024
 PREFETCH_AHEAD = 16
 
@@ -217,7 +220,8 @@ def _insert_slices_backward(spectra, weights, q, radii, halves, starts, block, a
                               hit_fy, hit_c, hit_cs)
 
 
-#: Bytes of accumulator planes kept hot while all slices of a call pass over them.
+#: Bytes of accumulator planes kept hot while all slices of a call pass over them (256 KiB: 9 % slower; 512 KiB
+#: and 2 MiB: no faster, measured as above).
 BLOCK_BYTES = 1 << 20
 
 
