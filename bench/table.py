@@ -10,7 +10,8 @@ soon after a deletion are slower to create, so both pay alike); relion_py also r
     python bench/table.py /path/to/bench_root [--cases a,c,d] [--rounds 3]
 
 The bench root holds ``project/`` (bench/make_project.py). Case e reads case b's output, so b runs first and its
-17 GB are removed after e. Prints a Markdown table (median of --rounds runs).
+17 GB are removed after e. Prints a Markdown table: medians of --rounds runs and, with RELION run here, the range
+of the ratios of each round's pair of runs (the machine's speed drifts by 10–15 % within the hour).
 """
 import argparse
 import json
@@ -163,14 +164,19 @@ def main(argv=None):
         for name in variants:
             wall = statistics.median(r[0] for r in runs[name])
             rss = max(r[1] for r in runs[name])
+            # each round's RELION run and relion_py run are minutes apart: their ratios show how far the
+            # machine's drift moves the median's
+            rounds = sorted(theirs[0] / ours[0] for theirs, ours in zip(runs["RELION"], runs[name]))
+            spread = f"{rounds[0]:.2f}–{rounds[-1]:.2f}×" if rounds else "—"
             rows.append(f"| {name} | {relion_wall:.1f} s{'' if here else ' (anchor)'} | {wall:.1f} s | "
-                        f"{relion_wall / wall:.2f}× | {floor:.1f} s | {rss:.0f} / {relion_rss:.0f} MiB |")
+                        f"{relion_wall / wall:.2f}× | {spread} | {floor:.1f} s | {rss:.0f} / {relion_rss:.0f} MiB |")
             print(rows[-1], flush=True)
         if case == "b_subtomo_3d":          # 17 GB in the page cache, which RELION's e would have to reclaim
             remove_output(words, args.root, "relion_")
         if is_e or (case == "b_subtomo_3d" and "e_reconstruct_3drot" not in chosen):
             shutil.rmtree(args.root / "py_b_subtomo3d", ignore_errors=True)
-    print("\n| case | RELION | relion_py | ratio | disk floor | peak RSS relion_py / RELION |\n|---|---|---|---|---|---|")
+    print("\n| case | RELION | relion_py | ratio | ratio per round | disk floor | peak RSS relion_py / RELION |\n"
+          "|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 
