@@ -11,7 +11,9 @@ soon after a deletion are slower to create, so both pay alike); relion_py also r
 
 The bench root holds ``project/`` (bench/make_project.py). Case e reads case b's output, so b runs first and its
 17 GB are removed after e. Prints a Markdown table: medians of --rounds runs and, with RELION run here, the range
-of the ratios of each round's pair of runs (the machine's speed drifts by 10–15 % within the hour).
+of the ratios of each round's pair of runs (the machine's speed drifts by 10–15 % within the hour). Numba's cache
+must be warm: after installing or changing kernels, run the table once on a small project first
+(``make_project.py --n_particles 50``), or the first round of each case includes the compilation.
 """
 import argparse
 import json
