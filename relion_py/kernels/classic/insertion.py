@@ -386,13 +386,11 @@ def _place_by_slab(entries, starts, scratch, n, off, slab_h):
         mode = 1 if e[5] > 0.0 else 2
         z0 = _lowest_plane(mode, e[2], off)
         slab = z0 // slab_h
-        for c in range(6):
-            entries[starts[slab], c] = e[c]
-        starts[slab] += 1
-        if _reaches_next_slab(mode, z0, slab_h):         # also in the next slab, for its upper plane
+        # also in the next slab, for its upper plane, if the splat reaches it
+        for t in range(slab, slab + 2 if _reaches_next_slab(mode, z0, slab_h) else slab + 1):
             for c in range(6):
-                entries[starts[slab + 1], c] = e[c]
-            starts[slab + 1] += 1
+                entries[starts[t], c] = e[c]
+            starts[t] += 1
 
 
 @njit(parallel=True)
@@ -406,7 +404,4 @@ def _insert_slabs(acc, entries, starts, counts, slab_h):
             st = starts[b, s]
             for m in range(st, st + counts[b, s]):
                 e = entries[m]
-                if e[5] > 0.0:
-                    _add_entry(acc, off, e[0], e[1], e[2], e[3], e[4], e[5], 1, z_lo, z_hi)
-                else:
-                    _add_entry(acc, off, e[0], e[1], e[2], e[3], e[4], -e[5], 2, z_lo, z_hi)
+                _add_entry(acc, off, e[0], e[1], e[2], e[3], e[4], abs(e[5]), 1 if e[5] > 0.0 else 2, z_lo, z_hi)
