@@ -8,7 +8,9 @@ from relion_py.tomography.dose import dose_weights, dose_x_ranges
 from relion_py.tomography.half_grid import half_grid, signed_index
 from relion_py.tomography.geometry import euler_to_matrix, matrix_to_euler, tilt_projection_matrices
 from relion_py.kernels.ctf import astigmatism_form, ctf_constants, ctf_value
-from relion_py.kernels.tomography.extraction import TiltWeighting, crop_circle, weight_spectra
+from relion_py.kernels.tomography.extraction import (TiltWeighting, crop_circle, extract_weighted_spectra,
+                                                     weight_spectra)
+from relion_py.runtime.fftw_plans import RealFFT
 from relion_py.kernels.tomography.windows import gather_clamped_windows
 from relion_py.tomography.noise import radial_average
 
@@ -121,6 +123,15 @@ def reference_weighting(square, binning, box, shift, ctf_args, dose_w, sign):
     return f * sign * ctf * dose_w
 
 
+def ctf_dose_weighting(box, binning, pixel_size, dose_w):
+    """A TiltWeighting with CTF × dose and nothing else (300 kV, Cs 2.7 mm, Q0 0.07, contrast inverted)."""
+    return TiltWeighting(
+        box=box, binning=binning, pixel_size=pixel_size, optics=np.array([300.0, 2.7, 0.07]), sign=-1.0, do_ctf=True,
+        dose=dose_w, x_ranges=np.zeros((0, 0), np.int64), zero_beyond_x_ranges=False, even_gamma=np.zeros((0, 1, 1)),
+        odd_phase=np.zeros((0, 1, 1), np.complex64), noise=np.zeros((0, 1, 1), np.float32), post_scale=1.0,
+        float32_ctf=False)
+
+
 @pytest.mark.parametrize("binning,square,box", [(1.0, 32, 32), (2.0, 48, 24)])
 def test_weight_spectra_matches_numpy_reference(binning, square, box):
     img = rng.normal(size=(square, square)).astype(np.float32)
@@ -128,11 +139,7 @@ def test_weight_spectra_matches_numpy_reference(binning, square, box):
     ctf_args = (300.0, 2.7, 0.07, 21000.0, 20500.0, 12.0, 20.0, 1.0, 5.0, 4.0 * binning)
     dose_w = dose_weights(np.array([12.0]), box, ctf_args[-1])
     spectrum = np.fft.rfft2(img, norm="ortho").astype(np.complex64)[None]
-    weighting = TiltWeighting(
-        box=box, binning=binning, pixel_size=ctf_args[-1], optics=np.array([300.0, 2.7, 0.07]), sign=-1.0, do_ctf=True,
-        dose=dose_w, x_ranges=np.zeros((0, 0), np.int64), zero_beyond_x_ranges=False, even_gamma=np.zeros((0, 1, 1)),
-        odd_phase=np.zeros((0, 1, 1), np.complex64), noise=np.zeros((0, 1, 1), np.float32), post_scale=1.0,
-        float32_ctf=False)
+    weighting = ctf_dose_weighting(box, binning, ctf_args[-1], dose_w)
     data, weights = weight_spectra(spectrum, weighting, shift[None], np.zeros(1, np.int64), np.zeros(1, np.int64),
                                    np.array([[21000.0, 20500.0, 12.0, 20.0, 5.0, 1.0]]), False)
     expect = reference_weighting(img.astype(np.float64), binning, box, shift, ctf_args, dose_w[0], -1.0)
@@ -140,6 +147,58 @@ def test_weight_spectra_matches_numpy_reference(binning, square, box):
     kx, ky = half_grid(box)
     ctf = np.vectorize(lambda a, b: spec_ctf(a, b, *ctf_args[:-1]))(kx / (box * ctf_args[-1]), ky / (box * ctf_args[-1]))
     np.testing.assert_allclose(weights[0], (ctf * dose_w[0]) ** 2, rtol=1e-5, atol=1e-9)
+
+
+def _items_of_stack(n, square, box, binning):
+    """A stack of 3 tilt images with n windows of square px (some past the edges), their weighting (5 frames'
+    dose weights) and per-item parameters."""
+    stack = rng.normal(size=(3, 70, 90)).astype(np.float32)
+    slices = np.array([2, 0, 1, 1, 0])[:n]
+    origins = np.array([[-5, -3], [60, 30], [10, 6], [40, 20], [20, 40]])[:n]
+    dose_w = dose_weights(np.array([3.0, 9.0, 15.0]), box, 4.0 * binning)
+    shifts = rng.uniform(-0.5, 0.5, size=(n, 2))
+    ctf_params = np.column_stack([rng.uniform(15000, 25000, (n, 2)), rng.uniform(0, 90, (n, 1)), np.zeros((n, 1)),
+                                  np.zeros((n, 1)), np.ones((n, 1))])
+    return stack, slices, origins, ctf_dose_weighting(box, binning, 4.0 * binning, dose_w), shifts, ctf_params
+
+
+@pytest.mark.parametrize("binning,square,box,precrop,gathered", [(1.0, 32, 32, True, False), (2.0, 48, 24, True, True),
+                                                                 (2.0, 48, 24, False, False)])
+def test_extract_weighted_spectra_is_window_crop_fft_weight(binning, square, box, precrop, gathered):
+    """The fused per-tilt kernel gives the bits of its steps run one after the other on the whole stack."""
+    n = 5
+    stack, slices, origins, weighting, shifts, ctf_params = _items_of_stack(n, square, box, binning)
+    frames, groups = slices.copy(), np.zeros(n, np.int64)
+    fft = RealFFT(n, (square, square), columns=box // 2 + 1, inverse=False)
+    gather_clamped_windows(stack, slices, origins, fft.real[:n])
+    if precrop:
+        crop_circle(fft.real[:n], boundary=0)
+    want = weight_spectra(fft.forward(n), weighting, shifts, frames, groups, ctf_params, True)
+    fft = RealFFT(n, (square, square), columns=box // 2 + 1, inverse=False)
+    source = stack
+    if gathered:                                  # the windows cut by a reader first
+        gather_clamped_windows(stack, slices, origins, fft.real[:n])
+        source, slices = fft.real, np.zeros(n, np.int64)
+    got = (np.empty_like(want[0]), np.empty_like(want[1]))
+    bad = extract_weighted_spectra(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params,
+                                   fft.kernel_args(), precrop, True, *got)
+    assert bad == -1
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_extract_weighted_spectra_names_the_first_non_finite_window(value):
+    n = 5
+    stack, slices, origins, weighting, shifts, ctf_params = _items_of_stack(n, 32, 32, 1.0)
+    stack[1, 30, 20] = np.finfo(np.float32).max         # in the window of item 2, finite: it passes
+    stack[1, 25, 41] = value                            # in the windows of items 2 and 3 (slice 1), not of 0
+    fft = RealFFT(n, (32, 32), inverse=False)
+    out = np.empty((n, 32, 17), np.complex64), np.empty((n, 32, 17), np.float32)
+    args = (weighting, shifts, slices, np.zeros(n, np.int64), ctf_params, fft.kernel_args(), True, False, *out)
+    assert extract_weighted_spectra(stack, slices, origins, False, *args) == 2
+    stack[1, 25, 41] = 0.0
+    assert extract_weighted_spectra(stack, slices, origins, False, *args) == -1
 
 
 def test_projection_matrix_follows_spec():

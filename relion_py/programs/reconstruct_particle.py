@@ -26,7 +26,6 @@ from ..runtime.fftw_plans import RealFFT
 from ..tomography.half_grid import half_to_centred_full
 from ..io.mrc import read_mrc, write_mrc
 from ..kernels.tomography import map_finalisation as fin
-from ..kernels.tomography.extraction import weight_spectra
 from ..kernels.tomography import insertion_backward
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
 from ..runtime.job_control import check_abort, count_finished
@@ -396,9 +395,9 @@ class _TomogramBackprojection:
         n = len(mine.frame)
         ws = self.workspaces.get()
         # cropCircle of extractAt2D_Fourier (radius S/2, fall-off 5) unless --no_circle_crop
-        spectra = extract_spectra(self.tomo.images, mine, ws.fft, not self.opts.no_circle_crop)
-        slices, slice_w = weight_spectra(spectra, self.weighting, mine.shifts, mine.frame, self.groups[part],
-                                         self.ctf_params[part], False, out=ws.slices[:n], out_weights=ws.weights[:n])
+        slices, slice_w = extract_spectra(self.tomo.images, mine, self.weighting, self.groups[part],
+                                          self.ctf_params[part], ws.fft, not self.opts.no_circle_crop, False,
+                                          ws.slices[:n], ws.weights[:n])
         insert_slices_backward(acc[None], slices, slice_w, self.q[part], self.weighting.x_ranges[mine.frame, 0],
                                self.halves[mine.particle], np.array([0, n]))
 

@@ -19,7 +19,7 @@ from ..tomography.geometry import matrix_to_euler
 from ..io.mrc import write_mrc
 from ..io.star import write_star
 from ..kernels.tomography import extraction
-from ..kernels.tomography.extraction import crop_circle, weight_spectra
+from ..kernels.tomography.extraction import crop_circle
 from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_slices_forward
 from ..kernels.tomography.volume_filters import cone_weight
 from ..runtime.job_control import check_abort, count_finished
@@ -478,10 +478,9 @@ class _TomogramJob:
             return extract_stack2d(self.tomo.images, items, self.weighting, groups, ctf_params, ws.square, ws.box,
                                    np.empty((n, sizes.crop, sizes.crop), np.float32), opts.circle_precrop,
                                    sizes.boundary, not opts.no_circle_crop, opts.grid_precorr)
-        spectra = extract_spectra(self.tomo.images, items, ws.square, opts.circle_precrop)
         # the masked images need a decentred inverse FFT; without a mask the insertion wants D itself
-        data, weights = weight_spectra(spectra, self.weighting, items.shifts, items.frame, groups, ctf_params,
-                                       self.crop, out=ws.box.spectra[:n], out_weights=ws.weights[:n])
+        data, weights = extract_spectra(self.tomo.images, items, self.weighting, groups, ctf_params, ws.square,
+                                        opts.circle_precrop, self.crop, ws.box.spectra[:n], ws.weights[:n])
         if self.crop:
             images = ws.box.backward(n)
             crop_circle(images, sizes.boundary, 5.0, not opts.no_circle_crop, opts.grid_precorr)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .geometry import project, visible_frames
 from ..runtime.errors import RelionPyError
-from ..kernels.tomography.extraction import crop_circle, stack2d_images
+from ..kernels.tomography.extraction import extract_weighted_spectra, stack2d_images
 
 
 def c_round(v):
@@ -94,39 +94,43 @@ def particle_tilt_items(tomogram, particles, geom, selection, square, binning, b
     return bounds, items, defocus_per_item(tomogram, geom, items), particles.optics_index[geom.rows][items.particle]
 
 
-def extract_spectra(images, items, fft, circle_precrop):
-    """Cut the unbinned squares out of the tilt images (edge-clamped) and Fourier transform them.
-
-    fft: the calling thread's :class:`~relion_py.runtime.fftw_plans.RealFFT` of s0 x s0 squares (capacity >= len(items)).
-    Returns a view of its spectra, (m, s0, s0//2+1) complex64: ``rfft2`` with ortho normalisation of the
-    squares as cut, NOT ifftshift-ed (for even s0 that is a (-1)^(x+y) factor, applied by ``weight_spectra``).
-    ``circle_precrop`` applies RELION's circle mask (radius s0/2, fall-off 5) first (relion_tomo_subtomo's
-    --circle_precrop; relion_tomo_reconstruct_particle's cropCircle unless --no_circle_crop).
-    If ``fft`` was made for fewer columns (binning: the binned box's s//2+1), only those are returned.
-    """
+def _window_source(images, items, square):
+    """(source, slices, gathered) for the compiled kernels: the tilt series' own pixel stack where it is one array
+    (MRC stacks), so that compiled code cuts the windows itself; else (zarr, one file per tilt) the windows cut by
+    the reader into ``square``'s real buffer (gathered)."""
+    pixels = images.pixel_stack(items.frame)
+    if pixels is not None:
+        return pixels + (False,)
     n = len(items.frame)
-    windows = fft.real[:n]
-    images.read_windows(items.frame, items.origins, windows)
-    check_finite_frames(windows, items)
-    if circle_precrop:
-        crop_circle(windows, boundary=0)
-    return fft.forward(n)
+    images.read_windows(items.frame, items.origins, square.real[:n])
+    return square.real, np.zeros(n, np.int64), True
+
+
+def extract_spectra(images, items, weighting, groups, ctf_params, square, circle_precrop, decentre, out, out_weights):
+    """:func:`~relion_py.kernels.tomography.extraction.extract_weighted_spectra` for ``items`` of the tilt series
+    ``images``: the weighted spectra ``out``, ``out_weights`` ((m, s, s//2+1) complex64 / float32, returned), made
+    with the calling thread's :class:`~relion_py.runtime.fftw_plans.RealFFT` ``square`` of the unbinned squares
+    (capacity >= m). ``circle_precrop`` applies RELION's circle mask (radius s0/2, fall-off 5) to the squares
+    first (relion_tomo_subtomo's --circle_precrop; relion_tomo_reconstruct_particle's cropCircle unless
+    --no_circle_crop). weighting, groups, ctf_params, decentre: as for
+    :func:`~relion_py.kernels.tomography.extraction.weight_spectra`. Raises :class:`NonFinitePixels` for a window
+    with a NaN or Inf pixel."""
+    source, slices, gathered = _window_source(images, items, square)
+    bad = extract_weighted_spectra(source, slices, items.origins, gathered, weighting, items.shifts, items.frame, groups,
+                                   ctf_params, square.kernel_args(), circle_precrop, decentre, out, out_weights)
+    if bad >= 0:
+        raise NonFinitePixels(int(items.frame[bad]))
+    return out, out_weights
 
 
 def extract_stack2d(images, items, weighting, groups, ctf_params, square, box, out, circle_precrop, boundary, do_crop,
                     grid_precorrect):
     """:func:`~relion_py.kernels.tomography.extraction.stack2d_images` for ``items`` of the tilt series ``images``
-    (weighting: the tomogram's ``TiltWeighting``; groups, ctf_params: per item, as :func:`particle_tilt_items`):
-    compiled code cuts the windows itself where the pixels are one array (MRC stacks), else the reader
-    cuts them first (zarr, one file per tilt). square, box: the thread's :class:`~relion_py.runtime.fftw_plans.RealFFT`."""
-    n = len(items.frame)
-    pixels = images.pixel_stack(items.frame)
-    gathered = pixels is None
-    if gathered:
-        images.read_windows(items.frame, items.origins, square.real[:n])
-        pixels = square.real, np.zeros(n, np.int64)       # unused: the windows are in place
-    stack = stack2d_images(*pixels, items.origins, gathered, weighting, items.shifts, items.frame, groups, ctf_params,
-                           square.kernel_args(), box.kernel_args(), out, circle_precrop, boundary, do_crop,
+    (weighting: the tomogram's ``TiltWeighting``; groups, ctf_params: per item, as :func:`particle_tilt_items`).
+    square, box: the thread's :class:`~relion_py.runtime.fftw_plans.RealFFT`."""
+    source, slices, gathered = _window_source(images, items, square)
+    stack = stack2d_images(source, slices, items.origins, gathered, weighting, items.shifts, items.frame, groups,
+                           ctf_params, square.kernel_args(), box.kernel_args(), out, circle_precrop, boundary, do_crop,
                            grid_precorrect)
     check_finite_frames(stack, items)      # a NaN or Inf pixel of a window spreads over its whole image
     return stack

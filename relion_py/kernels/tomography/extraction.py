@@ -271,6 +271,34 @@ def crop_circle(images, boundary, falloff=5.0, do_crop=True, grid_precorrect=Fal
     return images
 
 
+@njit(inline="always")
+def _cut_window(source, slices, origins, gathered, i, square):
+    """Item i's unbinned square in ``square``'s real buffer: cut here from ``source`` into slot 0 (which stays in
+    cache), or, with ``gathered``, already in slot i. Returns the slot."""
+    if gathered:
+        return i
+    _gather_clamped_windows(source, slices[i:i + 1], origins[i:i + 1], square.real)
+    return 0
+
+
+@njit(inline="always")
+def _window_spectrum(square, slot, circle_precrop, precrop):
+    """The circle pre-crop (if asked) and the forward FFT of the square in ``slot``."""
+    if circle_precrop:
+        _crop_circle(square.real[slot:slot + 1], precrop[0], precrop[1], precrop[2], True, False)
+    execute_item(square.forward, slot, square.spectra_flat, square.norm)
+
+
+@njit(inline="always")
+def _all_finite(image):
+    """False if a pixel of the float32 image is NaN or Inf (all exponent bits set); a branch-free maximum."""
+    bits = image.reshape(-1).view(np.uint32)
+    top = np.uint32(0)
+    for k in range(bits.size):
+        top = max(top, bits[k] & np.uint32(0x7F800000))
+    return top != np.uint32(0x7F800000)
+
+
 @njit
 def _extract_stack2d(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square, box,
                      scratch_weights, circle_precrop, precrop, crop, do_crop, grid_precorrect, out):
@@ -278,12 +306,8 @@ def _extract_stack2d(source, slices, origins, gathered, weighting, shifts, frame
     lo = (box.real.shape[1] - out.shape[1]) // 2
     hi = lo + out.shape[1]
     for i in range(frames.shape[0]):
-        slot = i if gathered else 0        # cut here: one slot, which stays in cache
-        if not gathered:
-            _gather_clamped_windows(source, slices[i:i + 1], origins[i:i + 1], square.real)
-        if circle_precrop:
-            _crop_circle(square.real[slot:slot + 1], precrop[0], precrop[1], precrop[2], True, False)
-        execute_item(square.forward, slot, square.spectra_flat, square.norm)
+        slot = _cut_window(source, slices, origins, gathered, i, square)
+        _window_spectrum(square, slot, circle_precrop, precrop)
         _weight_spectra(square.spectra[slot:slot + 1, :, :columns], weighting, shifts[i:i + 1], frames[i:i + 1],
                         groups[i:i + 1], ctf_params[i:i + 1], True, box.spectra[:1], scratch_weights)
         execute_item(box.backward, 0, box.real_flat, box.norm)
@@ -293,6 +317,44 @@ def _extract_stack2d(source, slices, origins, gathered, weighting, shifts, frame
         for y in range(lo, hi):
             for x in range(lo, hi):
                 out[i, y - lo, x - lo] = image[0, y, x]
+
+
+@njit
+def _extract_weighted_spectra(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square,
+                              circle_precrop, precrop, decentre, out, out_weights):
+    columns = out.shape[2]
+    for i in range(frames.shape[0]):
+        slot = _cut_window(source, slices, origins, gathered, i, square)
+        if not _all_finite(square.real[slot]):
+            return i
+        _window_spectrum(square, slot, circle_precrop, precrop)
+        _weight_spectra(square.spectra[slot:slot + 1, :, :columns], weighting, shifts[i:i + 1], frames[i:i + 1],
+                        groups[i:i + 1], ctf_params[i:i + 1], decentre, out[i:i + 1], out_weights[i:i + 1])
+    return -1
+
+
+def extract_weighted_spectra(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square,
+                             circle_precrop, decentre, out, out_weights):
+    """The weighted 2-D spectra of one particle's n tilt items, one tilt image at a time (so that it stays in the
+    core's cache): window → (circle pre-crop) → FFT → :func:`weight_spectra`.
+
+    Mirrors, per tilt image, ``TomoExtraction::extractAt2D_Fourier`` (``extractSquares``, ``cropCircle`` when
+    asked, the FFT) and the weighting of :func:`weight_spectra`.
+    source, slices, origins, gathered, square: as for :func:`stack2d_images`
+    weighting, shifts, frames, groups, ctf_params, decentre: as for :func:`weight_spectra` (n items)
+    out, out_weights: (n, s2D, s2D//2+1) complex64 / float32, written (must not overlap ``square``)
+    Returns the index of the first item whose window holds a NaN or Inf pixel (its spectra and the following
+    ones are not written), or -1.
+    """
+    s0, size = square.real.shape[1], weighting.box
+    if out.shape != (len(frames), size, size // 2 + 1) or out_weights.shape != out.shape:
+        raise ValueError(f"extract_weighted_spectra: output arrays must be {(len(frames), size, size // 2 + 1)}")
+    if not len(frames):
+        return -1
+    return _extract_weighted_spectra(source, np.ascontiguousarray(slices, np.int64),
+                                     np.ascontiguousarray(origins, np.int64), bool(gathered), weighting, shifts,
+                                     frames, groups, ctf_params, square, bool(circle_precrop),
+                                     circle_tables(s0, s0, 0.0, 5.0), bool(decentre), out, out_weights)
 
 
 def stack2d_images(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square, box, out,
