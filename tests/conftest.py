@@ -18,6 +18,23 @@ CASES = {c["name"]: c for c in json.loads((FIXTURES / "corpus_spec.json").read_t
 working_directory = contextlib.chdir
 
 
+def set_star_value(path, label, row, value):
+    """Rewrite one value of a STAR file in place: column ``label`` of data row ``row`` (0-based) of the loop that
+    has that column."""
+    lines = Path(path).read_text().split("\n")
+    head = next(k for k, line in enumerate(lines) if line.split()[:1] == [f"_{label}"])
+    column = 0
+    while lines[head - column - 1].lstrip().startswith("_"):
+        column += 1
+    data = head + 1
+    while lines[data].lstrip().startswith("_"):
+        data += 1
+    words = lines[data + row].split()
+    words[column] = value
+    lines[data + row] = " ".join(words)
+    Path(path).write_text("\n".join(lines))
+
+
 def mirror_fixtures(dest, case):
     """A project folder like the oracle's scratch copy: every fixture entry except the case's own
     output folder, linked read-only."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, working_directory
+from conftest import FIXTURES, set_star_value, working_directory
 from relion_py.cli import extract, reconstruct
 from relion_py.cli.common import run_cli
 from relion_py.runtime.errors import RelionPyError
@@ -185,6 +185,30 @@ def test_non_finite_pixels_name_the_tilt_series_and_frame(project, capsys, main,
     status, err = run_quiet(project, main, T + extra + ["--o", "r/"], capsys)
     assert status == 1 and len(err) == 1, err
     assert "tilt series TS_01, frame 3 (row 4, " in err[0] and "NaN or Inf" in err[0], err
+
+
+@pytest.mark.parametrize("main", [extract.main, reconstruct.main])
+@pytest.mark.parametrize("label, row, value, message", [
+    ("rlnAngleRot", 5, "nan", "rlnAngleRot of particle TS_01/6 is nan;"),
+    ("rlnCenteredCoordinateYAngst", 2, "-inf", "rlnCenteredCoordinateYAngst of particle TS_01/3 is -inf;"),
+    ("rlnTomoTiltSeriesPixelSize", 0, "inf", "rlnTomoTiltSeriesPixelSize inf of an optics group must be a positive"),
+    ("rlnTomoTiltSeriesPixelSize", 0, "0", "rlnTomoTiltSeriesPixelSize 0.0 of an optics group must be a positive"),
+])
+def test_non_finite_particle_geometry_is_refused(project, capsys, main, label, row, value, message):
+    """RELION would give such a particle no place or no orientation (it adds nothing, or NaN, while being counted
+    and written), or write NaN coordinates into particles.star."""
+    set_star_value(project / "synthetic" / "particles.star", label, row, value)
+    status, err = run_quiet(project, main, T + SMALL + ["--o", "r/"], capsys)
+    assert status == 1 and len(err) == 1 and message in err[0], err
+    assert not (project / "r").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-2"])
+def test_tilt_series_pixel_size_must_be_a_positive_number(project, capsys, value):
+    set_star_value(project / "synthetic" / "tomograms.star", "rlnTomoTiltSeriesPixelSize", 0, value)
+    status, err = run_quiet(project, extract.main, T + SMALL + ["--o", "r/"], capsys)
+    assert status == 1 and len(err) == 1, err
+    assert "rlnTomoTiltSeriesPixelSize of TS_01 must be a positive number" in err[0], err
 
 
 def test_failed_runs_leave_no_note_or_empty_folders(project, capsys):

@@ -1,6 +1,7 @@
 """relion-py-reconstruct in image mode (relion_reconstruct): RELION fixture cases, files written by other
 tools (pyTME, Warp), ground truth, bad input, and the kernels of the classic BackProjector."""
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import scipy.fft
 import scipy.ndimage
 
 import relion_compare
-from conftest import FIXTURES, compare_with_relion, mirror_fixtures, working_directory
+from conftest import FIXTURES, compare_with_relion, mirror_fixtures, set_star_value, working_directory
 from relion_py.cli.reconstruct import choose_mode, main
 from relion_py.programs.reconstruct import ParticlesWithoutImages
 from relion_py.io.mrc import read_mrc, write_mrc
@@ -322,6 +323,22 @@ def test_bad_options(argv, message, tmp_path, capsys):
         assert status == 0          # (a valid combination, for contrast)
     else:
         assert status == 1 and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("label, value, message", [
+    ("rlnAngleTilt", "nan", "rlnAngleTilt of particle 000004@synthetic/spa2d/particles.mrcs is nan;"),
+    ("rlnOriginXAngst", "inf", "rlnOriginXAngst of particle 000004@synthetic/spa2d/particles.mrcs is inf;"),
+    ("rlnDefocusU", "-inf", "rlnDefocusU of particle 000004@synthetic/spa2d/particles.mrcs is -inf;"),
+    ("rlnImagePixelSize", "0", "an optics group's pixel size is 0.0; it must be a positive number"),
+])
+def test_non_finite_particle_values_are_refused(label, value, message, tmp_path, capsys):
+    """RELION would drop such a particle without a word (a NaN orientation) or fill the map with NaN."""
+    shutil.copytree(FIXTURES / "synthetic" / "spa2d", tmp_path / "synthetic" / "spa2d")
+    star = tmp_path / "synthetic" / "spa2d" / "particles.star"
+    set_star_value(star, label, 0 if label == "rlnImagePixelSize" else 3, value)
+    status, err = _run(["--i", str(star), "--o", str(tmp_path / "rec.mrc"), "--ctf"], capsys, cwd=tmp_path)
+    assert status == 1 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "rec.mrc").exists()
 
 
 def test_output_folder_must_exist(tmp_path, capsys):

@@ -15,7 +15,7 @@ from ..io.star import read_star
 from ..runtime.errors import RelionPyError
 from ..runtime.log import warn
 from ..tomography.geometry import euler_to_matrix
-from .tables import column
+from .tables import column, first_not_positive
 
 #: Optics columns whose effect (phase demodulation, MTF division, magnification, symmetric aberrations) is
 #: not ported; a particle file that uses them is refused instead of giving a different map.
@@ -288,6 +288,16 @@ def _ctf_parameters(particles, optics, rows):
     return ctf
 
 
+def _require_finite(path, values, labels, names):
+    """One clear error for the first NaN or infinite value of ``values`` (n, len(labels)): RELION would insert
+    such a particle nowhere (a NaN orientation) or spread NaN over the whole map (a NaN shift or CTF value)."""
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        p, c = bad[0]
+        raise RelionPyError(f"{path}: {labels[c]} of particle {names[p]} is {values[p, c]}; orientations, origins, "
+                            "CTF parameters and weights must be finite numbers")
+
+
 def load_particles(opts, reader):
     """Read the particle file ``opts.i`` as ``Reconstructor::initialise`` does (``reader``: an
     :class:`relion_py.io.particle_images.ImageReader`, for the image headers). Returns (ParticleData of the
@@ -308,8 +318,12 @@ def load_particles(opts, reader):
     if box_g is None:
         box_g = _group_boxes(reader, names, rows, len(px_g))
     sel = _selection(opts, particles, path)
+    bad_px = first_not_positive(px_g[np.unique(rows[sel])])
+    if bad_px is not None:
+        raise RelionPyError(f"{path}: an optics group's pixel size is {bad_px}; it must be a positive number")
     angles = _angles(particles, path)[sel]
-    shifts = _shifts_px(particles, optics is None and not ignore_optics, ignore_optics, rows, px_g, data_dim)
+    legacy_px = optics is None and not ignore_optics                  # 3.0-style origins, in pixels
+    shifts = _shifts_px(particles, legacy_px, ignore_optics, rows, px_g, data_dim)
     ctf = _ctf_parameters(particles, optics, rows)
     fom = np.ones(n_all)
     if opts.fom_weighting:
@@ -320,6 +334,16 @@ def load_particles(opts, reader):
     if opts.ctf and data_dim == 3 and ctf_names is None:
         raise RelionPyError("cannot find rlnCtfImage for 3D CTF correction! (give the weight volumes, or "
                             "leave out --ctf)")
+    labels = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"] + [f"rlnOrigin{a}{'' if legacy_px else 'Angst'}"
+                                                               for a in "XYZ"]
+    checked = [angles, shifts[sel]]
+    if opts.ctf:
+        labels += [label for label, _ in _CTF_LABELS]
+        checked.append(ctf[sel])
+    if opts.fom_weighting:
+        labels.append("rlnParticleFigureOfMerit")
+        checked.append(fom[sel, None])
+    _require_finite(path, np.concatenate(checked, axis=1), labels, [names[p] for p in sel])
     data = ParticleData(names=[names[p] for p in sel],
                         ctf_names=[ctf_names[p] for p in sel] if ctf_names is not None else None,
                         rotations=euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]),

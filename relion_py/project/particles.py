@@ -10,11 +10,13 @@ from ..runtime.errors import RelionPyError
 from ..tomography.geometry import euler_to_matrix
 from ..io.star import read_star
 from ..runtime.log import warn
-from .tables import column, require_columns
+from .tables import column, first_not_positive, require_columns
 
 CENTRED = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst")
 UNCENTRED = ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")
 ORIGIN = ("rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginZAngst")
+ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+SUBTOMOGRAM_ANGLES = ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")
 SYNTHESISED_OPTICS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnTomoTiltSeriesPixelSize")
 
 
@@ -61,7 +63,11 @@ class ParticleSet:
             raise RelionPyError(f"{path}: particles refer to optics group {unknown[0]}, which the optics table lacks")
         self.optics_index = np.array([index[g] for g in groups], dtype=np.int64)   # (n,) 0-based row of optics
         self.optics_pixel_size = column(self.optics, "rlnTomoTiltSeriesPixelSize", f"{path} (optics)")
+        bad = first_not_positive(self.optics_pixel_size[np.unique(self.optics_index)])   # Å coordinates → pixels
+        if bad is not None:
+            raise RelionPyError(f"{path}: rlnTomoTiltSeriesPixelSize {bad} of an optics group must be a positive number")
         self._validate_optics(tomograms)
+        self._check_finite_geometry()
 
     def _group_by_tomogram(self, table, tomograms):
         known = table["rlnTomoName"].isin(tomograms.by_name)
@@ -88,6 +94,18 @@ class ParticleSet:
                     raise RelionPyError(f"{self.path}: {label} {value} of the optics group differs from "
                                         f"{expected} of tomogram {name}")
 
+    def _check_finite_geometry(self):
+        """A NaN or infinite coordinate, origin or angle is refused: RELION would give that particle no place and no
+        orientation, so that it contributes nothing (or NaN) without a word, while being counted and written."""
+        for label in CENTRED + UNCENTRED + ORIGIN + ANGLES + SUBTOMOGRAM_ANGLES:
+            if label in self.table.columns:
+                values = column(self.table, label, self.path)
+                bad = np.flatnonzero(~np.isfinite(values))
+                if len(bad):
+                    name = self.table["rlnTomoParticleName"].iloc[bad[0]]
+                    raise RelionPyError(f"{self.path}: {label} of particle {name} is {values[bad[0]]}; coordinates, "
+                                        "origins and angles must be finite numbers")
+
     def __len__(self):
         return len(self.table)
 
@@ -97,11 +115,11 @@ class ParticleSet:
 
     def subtomogram_matrices(self, rows):
         """A_sub (n, 3, 3): rlnTomoSubtomogramRot/Tilt/Psi, identity if absent (``getSubtomogramMatrix``)."""
-        return self._euler(rows, ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi"))
+        return self._euler(rows, SUBTOMOGRAM_ANGLES)
 
     def particle_matrices(self, rows):
         """A_part (n, 3, 3): rlnAngleRot/Tilt/Psi, identity if absent (``getParticleMatrix``)."""
-        return self._euler(rows, ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"))
+        return self._euler(rows, ANGLES)
 
     def _euler(self, rows, labels):
         if labels[0] not in self.table.columns:  # RELION keys on the first angle only

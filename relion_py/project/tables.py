@@ -21,3 +21,10 @@ def column(table, label, where, default=None, dtype=np.float64):
         return table[label].to_numpy(dtype=dtype)
     except (TypeError, ValueError):
         raise RelionPyError(f"{where}: column {label} holds non-numeric values") from None
+
+
+def first_not_positive(values):
+    """The first of ``values`` that is not a positive finite number (a pixel size, say), or None."""
+    values = np.asarray(values, np.float64)
+    bad = values[~((values > 0) & np.isfinite(values))]
+    return bad[0] if len(bad) else None

@@ -122,8 +122,8 @@ def _read_tomogram(row, frames, where):
     if not 0.0 <= q0 <= 1.0:
         raise RelionPyError(f"{where}: rlnAmplitudeContrast of {name} is {q0}, outside [0, 1]")
     pixel_size = float(row["rlnTomoTiltSeriesPixelSize"])
-    if pixel_size <= 0:
-        raise RelionPyError(f"{where}: rlnTomoTiltSeriesPixelSize of {name} must be positive")
+    if not (np.isfinite(pixel_size) and pixel_size > 0):
+        raise RelionPyError(f"{where}: rlnTomoTiltSeriesPixelSize of {name} must be a positive number")
     ts_where = f"tilt series STAR of {name}"
     require_columns(frames, ("rlnMicrographName", "rlnMicrographPreExposure", "rlnDefocusU",
                              "rlnDefocusV", "rlnDefocusAngle"), ts_where)
