@@ -203,12 +203,23 @@ def test_non_finite_particle_geometry_is_refused(project, capsys, main, label, r
     assert not (project / "r").exists()
 
 
-@pytest.mark.parametrize("value", ["inf", "nan", "-2"])
-def test_tilt_series_pixel_size_must_be_a_positive_number(project, capsys, value):
-    set_star_value(project / "synthetic" / "tomograms.star", "rlnTomoTiltSeriesPixelSize", 0, value)
-    status, err = run_quiet(project, extract.main, T + SMALL + ["--o", "r/"], capsys)
-    assert status == 1 and len(err) == 1, err
-    assert "rlnTomoTiltSeriesPixelSize of TS_01 must be a positive number" in err[0], err
+@pytest.mark.parametrize("main", [extract.main, reconstruct.main])
+@pytest.mark.parametrize("table, label, value, message", [
+    ("tomograms.star", "rlnTomoTiltSeriesPixelSize", "nan", "rlnTomoTiltSeriesPixelSize of TS_01 must be a positive"),
+    ("tomograms.star", "rlnTomoTiltSeriesPixelSize", "-2", "rlnTomoTiltSeriesPixelSize of TS_01 must be a positive"),
+    ("tomograms.star", "rlnTomoHand", "inf", "rlnTomoHand of TS_01 is inf; it must be a finite number"),
+    ("tilt_series/TS_01.star", "rlnTomoZRot", "nan", "tilt series of TS_01: rlnTomoZRot of frame 3 (row 4) is not a "
+                                                      "finite number"),
+    ("tilt_series/TS_01.star", "rlnDefocusV", "inf", "tilt series STAR of TS_01: rlnDefocusV of frame 3 (row 4) is "
+                                                     "not a finite number"),
+    ("tilt_series/TS_01.star", "rlnMicrographPreExposure", "-inf", "rlnMicrographPreExposure of frame 3 (row 4)"),
+])
+def test_non_finite_tilt_series_numbers_are_refused(project, capsys, main, table, label, value, message):
+    """RELION would spread NaN over every output of the tilt series (CTF, dose weights, projections)."""
+    set_star_value(project / "synthetic" / table, label, 0 if table == "tomograms.star" else 3, value)
+    status, err = run_quiet(project, main, T + SMALL + ["--o", "r/"], capsys)
+    assert status == 1 and len(err) == 1 and message in err[0], err
+    assert not (project / "r").exists()
 
 
 def test_failed_runs_leave_no_note_or_empty_folders(project, capsys):

@@ -83,16 +83,19 @@ class Tomogram:
         t = self.frames
         if all(label in t.columns for label in MATRIX_LABELS):  # RELION-4 matrices take priority
             rows = [_parse_vectors(t[label], where, label) for label in MATRIX_LABELS]
+            for label, values in zip(MATRIX_LABELS, rows):
+                _require_finite_frames(values, label, where)
             return np.stack(rows, axis=1)
         if not all(label in t.columns for label in ANGLE_LABELS):
             raise RelionPyError(f"{where}: no projection geometry (needs {', '.join(ANGLE_LABELS)} "
                                 f"or {', '.join(MATRIX_LABELS)})")
-        return tilt_projection_matrices(
-            column(t, "rlnTomoXTilt", where, default=0.0), column(t, "rlnTomoYTilt", where),
-            column(t, "rlnTomoZRot", where),
-            column(t, "rlnTomoXShiftAngst", where) / self.pixel_size,
-            column(t, "rlnTomoYShiftAngst", where) / self.pixel_size,
-            self.size, self.images.image_size)
+        values = {label: column(t, label, where, default=0.0 if label == "rlnTomoXTilt" else None)
+                  for label in ("rlnTomoXTilt",) + ANGLE_LABELS}
+        for label, v in values.items():
+            _require_finite_frames(v, label, where)
+        x_tilt, y_tilt, z_rot, x_shift, y_shift = values.values()
+        return tilt_projection_matrices(x_tilt, y_tilt, z_rot, x_shift / self.pixel_size, y_shift / self.pixel_size,
+                                        self.size, self.images.image_size)
 
     def close(self):
         if self._images is not None:
@@ -116,6 +119,30 @@ def _images_label(frames):
     return REMOTE_IMAGES_LABEL if REMOTE_IMAGES_LABEL in frames.columns else "rlnMicrographName"
 
 
+#: The numbers of tomograms.star and of the tilt-series STAR files that enter the geometry, CTF or dose weights
+#: (label, Tomogram attribute): NaN or infinite, RELION would let them spread NaN over the outputs.
+TOMOGRAM_NUMBERS = (("rlnVoltage", "voltage"), ("rlnSphericalAberration", "cs"), ("rlnTomoHand", "hand"),
+                    ("rlnTomoDefocusSlope", "defocus_slope"), ("rlnCtfBfactorPerElectronDose", "bfactor_per_dose"))
+FRAME_NUMBERS = (("rlnMicrographPreExposure", "dose"), ("rlnDefocusU", "defocus_u"), ("rlnDefocusV", "defocus_v"),
+                 ("rlnDefocusAngle", "defocus_angle"), ("rlnCtfScalefactor", "ctf_scale"),
+                 ("rlnCtfBfactor", "ctf_bfactor"), ("rlnPhaseShift", "phase_shift"))
+
+
+def _require_finite_frames(values, label, where):
+    """One clear error for the first frame whose ``label`` value (of ``values``, (fc, ...)) is NaN or infinite."""
+    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+    if len(bad):
+        raise RelionPyError(f"{where}: {label} of frame {bad[0]} (row {bad[0] + 1}) is not a finite number")
+
+
+def _require_finite_numbers(tomo, where, ts_where):
+    for label, attr in TOMOGRAM_NUMBERS:
+        if not np.isfinite(getattr(tomo, attr)):
+            raise RelionPyError(f"{where}: {label} of {tomo.name} is {getattr(tomo, attr)}; it must be a finite number")
+    for label, attr in FRAME_NUMBERS:
+        _require_finite_frames(getattr(tomo, attr), label, ts_where)
+
+
 def _read_tomogram(row, frames, where):
     name = str(row["rlnTomoName"])
     q0 = float(row["rlnAmplitudeContrast"])
@@ -129,7 +156,7 @@ def _read_tomogram(row, frames, where):
                              "rlnDefocusV", "rlnDefocusAngle"), ts_where)
     if len(frames) == 0:
         raise RelionPyError(f"{ts_where}: no tilt images")
-    return Tomogram(
+    tomo = Tomogram(
         name=name, row=dict(row), voltage=float(row["rlnVoltage"]),
         cs=float(row["rlnSphericalAberration"]), q0=q0, pixel_size=pixel_size,
         hand=float(row["rlnTomoHand"]),
@@ -145,6 +172,8 @@ def _read_tomogram(row, frames, where):
         ctf_bfactor=column(frames, "rlnCtfBfactor", ts_where, default=0.0),
         phase_shift=column(frames, "rlnPhaseShift", ts_where, default=0.0),
         frames=frames)
+    _require_finite_numbers(tomo, where, ts_where)
+    return tomo
 
 
 class TomogramSet:
