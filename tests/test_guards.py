@@ -203,7 +203,7 @@ def test_non_finite_particle_geometry_is_refused(project, capsys, main, label, r
     assert not (project / "r").exists()
 
 
-@pytest.mark.parametrize("main", [extract.main, reconstruct.main])
+@pytest.mark.parametrize("main, mode", [(extract.main, []), (extract.main, ["--stack2d"]), (reconstruct.main, [])])
 @pytest.mark.parametrize("table, label, value, message", [
     ("tomograms.star", "rlnTomoTiltSeriesPixelSize", "nan", "rlnTomoTiltSeriesPixelSize of TS_01 must be a positive"),
     ("tomograms.star", "rlnTomoTiltSeriesPixelSize", "-2", "rlnTomoTiltSeriesPixelSize of TS_01 must be a positive"),
@@ -213,13 +213,17 @@ def test_non_finite_particle_geometry_is_refused(project, capsys, main, label, r
     ("tilt_series/TS_01.star", "rlnDefocusV", "inf", "tilt series STAR of TS_01: rlnDefocusV of frame 3 (row 4) is "
                                                      "not a finite number"),
     ("tilt_series/TS_01.star", "rlnMicrographPreExposure", "-inf", "rlnMicrographPreExposure of frame 3 (row 4)"),
+    ("tilt_series/TS_01.star", "rlnCtfScalefactor", "1e30", "tilt series TS_01, frame 3 (row 4, "),
+    ("tilt_series/TS_01.star", "rlnDefocusU", "1e300", "a particle's CTF x dose weights are NaN or infinite"),
 ])
-def test_non_finite_tilt_series_numbers_are_refused(project, capsys, main, table, label, value, message):
-    """RELION would spread NaN over every output of the tilt series (CTF, dose weights, projections)."""
+def test_non_finite_tilt_series_numbers_are_refused(project, capsys, main, mode, table, label, value, message):
+    """RELION would spread NaN over every output of the tilt series (CTF, dose weights, projections); finite but
+    absurd CTF values (a defocus of 1e300 Å) overflow into NaN weights."""
     set_star_value(project / "synthetic" / table, label, 0 if table == "tomograms.star" else 3, value)
-    status, err = run_quiet(project, main, T + SMALL + ["--o", "r/"], capsys)
+    status, err = run_quiet(project, main, T + SMALL + mode + ["--o", "r/"], capsys)
     assert status == 1 and len(err) == 1 and message in err[0], err
-    assert not (project / "r").exists()
+    # particles finished before the bad frame was met stay (for --only_do_unfinished), nothing else
+    assert not (project / "r" / "note.txt").exists() and not temporaries(project)
 
 
 def test_failed_runs_leave_no_note_or_empty_folders(project, capsys):

@@ -8,8 +8,8 @@ from relion_py.tomography.dose import dose_weights, dose_x_ranges
 from relion_py.tomography.half_grid import half_grid, signed_index
 from relion_py.tomography.geometry import euler_to_matrix, matrix_to_euler, tilt_projection_matrices
 from relion_py.kernels.ctf import astigmatism_form, ctf_constants, ctf_value
-from relion_py.kernels.tomography.extraction import (TiltWeighting, crop_circle, extract_weighted_spectra,
-                                                     weight_spectra)
+from relion_py.kernels.tomography.extraction import (NON_FINITE_PIXELS, NON_FINITE_WEIGHTS, TiltWeighting, crop_circle,
+                                                     extract_weighted_spectra, weight_spectra)
 from relion_py.runtime.fftw_plans import RealFFT
 from relion_py.kernels.tomography.windows import gather_clamped_windows
 from relion_py.tomography.noise import radial_average
@@ -180,9 +180,9 @@ def test_extract_weighted_spectra_is_window_crop_fft_weight(binning, square, box
         gather_clamped_windows(stack, slices, origins, fft.real[:n])
         source, slices = fft.real, np.zeros(n, np.int64)
     got = (np.empty_like(want[0]), np.empty_like(want[1]))
-    bad = extract_weighted_spectra(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params,
-                                   fft.kernel_args(), precrop, True, *got)
-    assert bad == -1
+    found = extract_weighted_spectra(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params,
+                                     fft.kernel_args(), precrop, True, *got)
+    assert found == (-1, 0)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
 
@@ -196,9 +196,11 @@ def test_extract_weighted_spectra_names_the_first_non_finite_window(value):
     fft = RealFFT(n, (32, 32), inverse=False)
     out = np.empty((n, 32, 17), np.complex64), np.empty((n, 32, 17), np.float32)
     args = (weighting, shifts, slices, np.zeros(n, np.int64), ctf_params, fft.kernel_args(), True, False, *out)
-    assert extract_weighted_spectra(stack, slices, origins, False, *args) == 2
+    assert extract_weighted_spectra(stack, slices, origins, False, *args) == (2, NON_FINITE_PIXELS)
     stack[1, 25, 41] = 0.0
-    assert extract_weighted_spectra(stack, slices, origins, False, *args) == -1
+    assert extract_weighted_spectra(stack, slices, origins, False, *args) == (-1, 0)
+    ctf_params[3, 5] = 1e30                             # item 3's CTF scale: its weights c² overflow float32
+    assert extract_weighted_spectra(stack, slices, origins, False, *args) == (3, NON_FINITE_WEIGHTS)
 
 
 def test_projection_matrix_follows_spec():

@@ -336,9 +336,39 @@ def test_non_finite_particle_values_are_refused(label, value, message, tmp_path,
     shutil.copytree(FIXTURES / "synthetic" / "spa2d", tmp_path / "synthetic" / "spa2d")
     star = tmp_path / "synthetic" / "spa2d" / "particles.star"
     set_star_value(star, label, 0 if label == "rlnImagePixelSize" else 3, value)
-    status, err = _run(["--i", str(star), "--o", str(tmp_path / "rec.mrc"), "--ctf"], capsys, cwd=tmp_path)
+    status, err = _run(["--i", str(star), "--o", str(tmp_path / "rec.mrc"), "--ctf", "--verb", "0"], capsys,
+                       cwd=tmp_path)
     assert status == 1 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "rec.mrc").exists()
+
+
+@pytest.mark.parametrize("which", ["data", "weights"])
+def test_non_finite_voxels_are_refused(which, tmp_path, capsys):
+    """A NaN or Inf voxel of a pseudo-subtomogram or of its CTF volume would spread over the whole map."""
+    angles, data, weights = _relion_particles()
+    files = data if which == "data" else weights
+    values, pixel_size = read_mrc(files[4])
+    values[1, 2, 3] = np.inf if which == "data" else np.nan
+    files[4] = str(tmp_path / f"bad_{which}.mrc")
+    write_mrc(files[4], values, pixel_size)
+    star = tmp_path / "p.star"
+    _pytme_star(star, data, weights, angles, 32, 5.0, premultiplied=True)
+    status, err = _run(["--i", str(star), "--o", str(tmp_path / "rec.mrc"), "--3d_rot", "--ctf", "--verb", "0"],
+                       capsys)
+    assert status == 1 and f"image file {files[4]} holds NaN or Inf values" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "rec.mrc").exists()
+
+
+def test_non_finite_pixel_of_a_stack_is_refused(tmp_path, capsys):
+    shutil.copytree(FIXTURES / "synthetic" / "spa2d", tmp_path / "synthetic" / "spa2d")
+    stack = tmp_path / "synthetic" / "spa2d" / "particles.mrcs"
+    values, pixel_size = read_mrc(stack)
+    values[6, 20, 30] = np.nan
+    write_mrc(stack, values, pixel_size)
+    status, err = _run(["--i", "synthetic/spa2d/particles.star", "--o", "rec.mrc", "--ctf", "--verb", "0"], capsys,
+                       cwd=tmp_path)
+    assert status == 1 and "image 000007@synthetic/spa2d/particles.mrcs holds NaN or Inf values" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "rec.mrc").exists()
 
 
 def test_output_folder_must_exist(tmp_path, capsys):

@@ -40,7 +40,7 @@ from ..project.particles import ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..tomography.helical_symmetry import tomo_symmetry_matrices
 from ..tomography.symmetry import is_c1, point_group_operators
-from ..tomography.particle_tilts import NonFinitePixels, extract_spectra, particle_geometry, particle_tilt_items
+from ..tomography.particle_tilts import NonFiniteFrame, extract_spectra, particle_geometry, particle_tilt_items
 from ..tomography.box_sizes import box_sizes
 from ..tomography.tilt_weighting import tilt_weighting
 
@@ -253,7 +253,7 @@ class ParticleReconstruction:
             with numba_threads(self.threads):
                 reduction.run(out, backproject_batch, end - first, self.threads,
                               done=lambda b: check_abort(self.opts.pipeline_control))
-        except NonFinitePixels as e:
+        except NonFiniteFrame as e:
             raise e.naming(self.tomograms.tomograms[tt]) from None
         return out
 

@@ -34,7 +34,7 @@ from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
 from ..project.tomograms import TomogramSet
 from ..tomography.subtomo_files import Sums, output_suffixes, write_volume_outputs
-from ..tomography.particle_tilts import (NonFinitePixels, extract_spectra, extract_stack2d, particle_geometry,
+from ..tomography.particle_tilts import (NonFiniteFrame, extract_spectra, extract_stack2d, particle_geometry,
                                          particle_tilt_items)
 from ..tomography.box_sizes import box_sizes
 from ..tomography.tilt_weighting import tilt_weighting
@@ -415,7 +415,7 @@ def _extract_tomogram(opts, sizes, threads, tomo, particles, geom, part, roots, 
     writer = BackgroundWriter()
     try:
         _write_tomogram(opts, sizes, threads, job, selection, files, suffix, sums, writer, tomo.name)
-    except NonFinitePixels as e:
+    except NonFiniteFrame as e:
         raise e.naming(tomo) from None
     finally:
         writer.close()

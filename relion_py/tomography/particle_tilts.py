@@ -11,7 +11,8 @@ import numpy as np
 
 from .geometry import project, visible_frames
 from ..runtime.errors import RelionPyError
-from ..kernels.tomography.extraction import extract_weighted_spectra, stack2d_images
+from ..kernels.tomography.extraction import (NON_FINITE_PIXELS, NON_FINITE_WEIGHTS, extract_weighted_spectra,
+                                             stack2d_images)
 
 
 def c_round(v):
@@ -113,13 +114,12 @@ def extract_spectra(images, items, weighting, groups, ctf_params, square, circle
     (capacity >= m). ``circle_precrop`` applies RELION's circle mask (radius s0/2, fall-off 5) to the squares
     first (relion_tomo_subtomo's --circle_precrop; relion_tomo_reconstruct_particle's cropCircle unless
     --no_circle_crop). weighting, groups, ctf_params, decentre: as for
-    :func:`~relion_py.kernels.tomography.extraction.weight_spectra`. Raises :class:`NonFinitePixels` for a window
-    with a NaN or Inf pixel."""
+    :func:`~relion_py.kernels.tomography.extraction.weight_spectra`. Raises :class:`NonFiniteFrame` for an item whose
+    pixels or weights are not finite."""
     source, slices, gathered = _window_source(images, items, square)
-    bad = extract_weighted_spectra(source, slices, items.origins, gathered, weighting, items.shifts, items.frame, groups,
-                                   ctf_params, square.kernel_args(), circle_precrop, decentre, out, out_weights)
-    if bad >= 0:
-        raise NonFinitePixels(int(items.frame[bad]))
+    _check_finite(extract_weighted_spectra(source, slices, items.origins, gathered, weighting, items.shifts,
+                                           items.frame, groups, ctf_params, square.kernel_args(), circle_precrop,
+                                           decentre, out, out_weights), items)
     return out, out_weights
 
 
@@ -129,11 +129,10 @@ def extract_stack2d(images, items, weighting, groups, ctf_params, square, box, o
     (weighting: the tomogram's ``TiltWeighting``; groups, ctf_params: per item, as :func:`particle_tilt_items`).
     square, box: the thread's :class:`~relion_py.runtime.fftw_plans.RealFFT`."""
     source, slices, gathered = _window_source(images, items, square)
-    stack = stack2d_images(source, slices, items.origins, gathered, weighting, items.shifts, items.frame, groups,
-                           ctf_params, square.kernel_args(), box.kernel_args(), out, circle_precrop, boundary, do_crop,
-                           grid_precorrect)
-    check_finite_frames(stack, items)      # a NaN or Inf pixel of a window spreads over its whole image
-    return stack
+    _check_finite(stack2d_images(source, slices, items.origins, gathered, weighting, items.shifts, items.frame, groups,
+                                 ctf_params, square.kernel_args(), box.kernel_args(), out, circle_precrop, boundary,
+                                 do_crop, grid_precorrect), items)
+    return out
 
 
 def defocus_per_item(tomogram, geom, items):
@@ -145,23 +144,31 @@ def defocus_per_item(tomogram, geom, items):
                      tomogram.ctf_bfactor[f], tomogram.phase_shift[f], tomogram.ctf_scale[f]], axis=1)
 
 
-class NonFinitePixels(RelionPyError):
-    """A window cut from a tilt image holds NaN or Inf pixels (RELION passes them silently into its output)."""
+class NonFiniteFrame(RelionPyError):
+    """A particle's item of one tilt image gives NaN or Inf values (RELION passes them silently into its output):
+    ``what`` says which."""
 
-    def __init__(self, frame):
-        super().__init__(f"frame {frame} has NaN or Inf pixels")
-        self.frame = frame
+    def __init__(self, frame, what):
+        super().__init__(f"frame {frame}: {what}")
+        self.frame, self.what = frame, what
 
     def naming(self, tomogram):
         """The error line, naming the tilt series and the frame's image."""
         return RelionPyError(f"tilt series {tomogram.name}, frame {self.frame} (row {self.frame + 1}, "
-                             f"{tomogram.micrograph_names[self.frame]}): NaN or Inf pixels where a particle is cut "
-                             "out")
+                             f"{tomogram.micrograph_names[self.frame]}): {self.what}")
 
 
-def check_finite_frames(values, items):
-    """Raise :class:`NonFinitePixels` naming the frame of the first item of ``values`` (one image per item) that is
-    not finite."""
-    finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
-    if not finite.all():
-        raise NonFinitePixels(int(items.frame[int(np.argmin(finite))]))
+_NON_FINITE = {
+    NON_FINITE_PIXELS: "NaN or Inf pixels where a particle is cut out (or pixel values so large that its Fourier "
+                       "transform overflows)",
+    NON_FINITE_WEIGHTS: "a particle's CTF x dose weights are NaN or infinite: check the frame's rlnDefocusU/V, "
+                        "rlnCtfScalefactor, rlnCtfBfactor and rlnMicrographPreExposure, and the tomogram's "
+                        "rlnTomoHand and rlnTomoDefocusSlope",
+}
+
+
+def _check_finite(found, items):
+    """Raise :class:`NonFiniteFrame` for what a kernel found not finite: (item, what) or (-1, 0)."""
+    item, what = found
+    if item >= 0:
+        raise NonFiniteFrame(int(items.frame[item]), _NON_FINITE[what])

@@ -289,9 +289,17 @@ def _window_spectrum(square, slot, circle_precrop, precrop):
     execute_item(square.forward, slot, square.spectra_flat, square.norm)
 
 
+#: What :func:`extract_weighted_spectra` and :func:`stack2d_images` found not finite in an item (NaN or Inf): the
+#: pixels of its window or its result (pixel values near float32's limit overflow), or its CTF × dose weights
+#: (absurd CTF or dose values overflow: a defocus of 1e30 Å, say)
+NON_FINITE_PIXELS = 1
+NON_FINITE_WEIGHTS = 2
+
+
 @njit(inline="always")
 def _all_finite(image):
-    """False if a pixel of the float32 image is NaN or Inf (all exponent bits set); a branch-free maximum."""
+    """False if a value of the float32 (or complex64) image is NaN or Inf (all exponent bits set); a branch-free
+    maximum."""
     bits = image.reshape(-1).view(np.uint32)
     top = np.uint32(0)
     for k in range(bits.size):
@@ -307,9 +315,13 @@ def _extract_stack2d(source, slices, origins, gathered, weighting, shifts, frame
     hi = lo + out.shape[1]
     for i in range(frames.shape[0]):
         slot = _cut_window(source, slices, origins, gathered, i, square)
+        if not _all_finite(square.real[slot]):
+            return i, NON_FINITE_PIXELS
         _window_spectrum(square, slot, circle_precrop, precrop)
         _weight_spectra(square.spectra[slot:slot + 1, :, :columns], weighting, shifts[i:i + 1], frames[i:i + 1],
                         groups[i:i + 1], ctf_params[i:i + 1], True, box.spectra[:1], scratch_weights)
+        if not _all_finite(scratch_weights[0]):
+            return i, NON_FINITE_WEIGHTS
         execute_item(box.backward, 0, box.real_flat, box.norm)
         image = box.real[:1]
         if do_crop or grid_precorrect:
@@ -317,6 +329,9 @@ def _extract_stack2d(source, slices, origins, gathered, weighting, shifts, frame
         for y in range(lo, hi):
             for x in range(lo, hi):
                 out[i, y - lo, x - lo] = image[0, y, x]
+        if not _all_finite(out[i]):
+            return i, NON_FINITE_PIXELS
+    return -1, 0
 
 
 @njit
@@ -326,11 +341,15 @@ def _extract_weighted_spectra(source, slices, origins, gathered, weighting, shif
     for i in range(frames.shape[0]):
         slot = _cut_window(source, slices, origins, gathered, i, square)
         if not _all_finite(square.real[slot]):
-            return i
+            return i, NON_FINITE_PIXELS
         _window_spectrum(square, slot, circle_precrop, precrop)
         _weight_spectra(square.spectra[slot:slot + 1, :, :columns], weighting, shifts[i:i + 1], frames[i:i + 1],
                         groups[i:i + 1], ctf_params[i:i + 1], decentre, out[i:i + 1], out_weights[i:i + 1])
-    return -1
+        if not _all_finite(out_weights[i]):
+            return i, NON_FINITE_WEIGHTS
+        if not _all_finite(out[i]):
+            return i, NON_FINITE_PIXELS
+    return -1, 0
 
 
 def extract_weighted_spectra(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square,
@@ -343,14 +362,14 @@ def extract_weighted_spectra(source, slices, origins, gathered, weighting, shift
     source, slices, origins, gathered, square: as for :func:`stack2d_images`
     weighting, shifts, frames, groups, ctf_params, decentre: as for :func:`weight_spectra` (n items)
     out, out_weights: (n, s2D, s2D//2+1) complex64 / float32, written (must not overlap ``square``)
-    Returns the index of the first item whose window holds a NaN or Inf pixel (its spectra and the following
-    ones are not written), or -1.
+    Returns (item, what): the first item whose window pixels (what = NON_FINITE_PIXELS) or weights
+    (NON_FINITE_WEIGHTS) are not all finite, the following items not written; (-1, 0) if all are.
     """
     s0, size = square.real.shape[1], weighting.box
     if out.shape != (len(frames), size, size // 2 + 1) or out_weights.shape != out.shape:
         raise ValueError(f"extract_weighted_spectra: output arrays must be {(len(frames), size, size // 2 + 1)}")
     if not len(frames):
-        return -1
+        return -1, 0
     return _extract_weighted_spectra(source, np.ascontiguousarray(slices, np.int64),
                                      np.ascontiguousarray(origins, np.int64), bool(gathered), weighting, shifts,
                                      frames, groups, ctf_params, square, bool(circle_precrop),
@@ -373,15 +392,15 @@ def stack2d_images(source, slices, origins, gathered, weighting, shifts, frames,
                capacity >= n if gathered)
     box:       :class:`~relion_py.kernels.fftw_execute.RealFFTPlans` of the binned s x s box (backward; capacity >= 1)
     out:       (n, crop, crop) float32, written; boundary: (s - crop) / 2
+    Returns (item, what) as :func:`extract_weighted_spectra`.
     """
     s0, s = square.real.shape[1], box.real.shape[1]
     if out.shape[1:] != (s - 2 * boundary,) * 2:
         raise ValueError(f"stack2d_images: out must be (n, {s - 2 * boundary}, {s - 2 * boundary})")
-    if len(out):
-        weights = np.empty((1, s, s // 2 + 1), np.float32)
-        _extract_stack2d(source, np.ascontiguousarray(slices, np.int64), np.ascontiguousarray(origins, np.int64),
-                         bool(gathered), weighting, shifts, frames, groups, ctf_params, square, box, weights,
-                         bool(circle_precrop),
-                         circle_tables(s0, s0, 0.0, 5.0), circle_tables(s, s, float(boundary), 5.0), bool(do_crop),
-                         bool(grid_precorrect), out)
-    return out
+    if not len(out):
+        return -1, 0
+    weights = np.empty((1, s, s // 2 + 1), np.float32)
+    return _extract_stack2d(source, np.ascontiguousarray(slices, np.int64), np.ascontiguousarray(origins, np.int64),
+                            bool(gathered), weighting, shifts, frames, groups, ctf_params, square, box, weights,
+                            bool(circle_precrop), circle_tables(s0, s0, 0.0, 5.0),
+                            circle_tables(s, s, float(boundary), 5.0), bool(do_crop), bool(grid_precorrect), out)
