@@ -307,21 +307,32 @@ def _all_finite(image):
     return top != np.uint32(0x7F800000)
 
 
+@njit(inline="always")
+def _weighted_item(source, slices, origins, gathered, i, square, circle_precrop, precrop, weighting, shifts, frames,
+                   groups, ctf_params, decentre, out, out_weights):
+    """Item i's window → (circle pre-crop) → FFT → :func:`weight_spectra` into ``out``, ``out_weights`` (1, s, sh).
+    Returns 0, or what was not finite (NON_FINITE_PIXELS: its window; NON_FINITE_WEIGHTS: its weights)."""
+    slot = _cut_window(source, slices, origins, gathered, i, square)
+    if not _all_finite(square.real[slot]):
+        return NON_FINITE_PIXELS
+    _window_spectrum(square, slot, circle_precrop, precrop)
+    _weight_spectra(square.spectra[slot:slot + 1, :, :out.shape[2]], weighting, shifts[i:i + 1], frames[i:i + 1],
+                    groups[i:i + 1], ctf_params[i:i + 1], decentre, out, out_weights)
+    if not _all_finite(out_weights[0]):
+        return NON_FINITE_WEIGHTS
+    return 0
+
+
 @njit
 def _extract_stack2d(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square, box,
                      scratch_weights, circle_precrop, precrop, crop, do_crop, grid_precorrect, out):
-    columns = box.spectra.shape[2]
     lo = (box.real.shape[1] - out.shape[1]) // 2
     hi = lo + out.shape[1]
     for i in range(frames.shape[0]):
-        slot = _cut_window(source, slices, origins, gathered, i, square)
-        if not _all_finite(square.real[slot]):
-            return i, NON_FINITE_PIXELS
-        _window_spectrum(square, slot, circle_precrop, precrop)
-        _weight_spectra(square.spectra[slot:slot + 1, :, :columns], weighting, shifts[i:i + 1], frames[i:i + 1],
-                        groups[i:i + 1], ctf_params[i:i + 1], True, box.spectra[:1], scratch_weights)
-        if not _all_finite(scratch_weights[0]):
-            return i, NON_FINITE_WEIGHTS
+        found = _weighted_item(source, slices, origins, gathered, i, square, circle_precrop, precrop, weighting,
+                               shifts, frames, groups, ctf_params, True, box.spectra[:1], scratch_weights)
+        if found:
+            return i, found
         execute_item(box.backward, 0, box.real_flat, box.norm)
         image = box.real[:1]
         if do_crop or grid_precorrect:
@@ -337,16 +348,11 @@ def _extract_stack2d(source, slices, origins, gathered, weighting, shifts, frame
 @njit
 def _extract_weighted_spectra(source, slices, origins, gathered, weighting, shifts, frames, groups, ctf_params, square,
                               circle_precrop, precrop, decentre, out, out_weights):
-    columns = out.shape[2]
     for i in range(frames.shape[0]):
-        slot = _cut_window(source, slices, origins, gathered, i, square)
-        if not _all_finite(square.real[slot]):
-            return i, NON_FINITE_PIXELS
-        _window_spectrum(square, slot, circle_precrop, precrop)
-        _weight_spectra(square.spectra[slot:slot + 1, :, :columns], weighting, shifts[i:i + 1], frames[i:i + 1],
-                        groups[i:i + 1], ctf_params[i:i + 1], decentre, out[i:i + 1], out_weights[i:i + 1])
-        if not _all_finite(out_weights[i]):
-            return i, NON_FINITE_WEIGHTS
+        found = _weighted_item(source, slices, origins, gathered, i, square, circle_precrop, precrop, weighting,
+                               shifts, frames, groups, ctf_params, decentre, out[i:i + 1], out_weights[i:i + 1])
+        if found:
+            return i, found
         if not _all_finite(out[i]):
             return i, NON_FINITE_PIXELS
     return -1, 0
