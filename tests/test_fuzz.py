@@ -85,6 +85,9 @@ def _extract(project, capsys, argv):
     assert status in (0, 1, 2), err
     assert len(err) == (status != 0), err
     assert not [p for p in Path(project / "out").rglob("*") if ".tmp-" in p.name]
+    if status == 0:                          # a correct result is a finite one (RELION would write NaN silently)
+        for path in Path(project / "out").rglob("*.mrc*"):
+            assert np.isfinite(read_mrc(path)[0]).all(), path
     return status
 
 
@@ -130,3 +133,28 @@ def test_extract_with_random_numbers_in_the_particles_file(project, capsys, line
     (project / "edited.star").write_text(_with_value(STAR.decode(), line, field, value))
     _extract(project, capsys, ["--t", "synthetic/tomograms.star", "--p", "edited.star", "--b", "32",
                                "--crop", "24", "--j", "1", "--stack2d"])
+
+
+TILT_SERIES = (FIXTURES / "synthetic" / "tilt_series" / "TS_01.star").read_text()
+TOMOGRAMS = (FIXTURES / "synthetic" / "tomograms.star").read_text()
+
+
+#: numbers only (unparsable text is the STAR reader's tests' business), absurd ones included
+VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6),
+                   st.sampled_from(["1e400", "-1e300", "1e30", "-0"]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(line=st.floats(0.0, 1.0), field=st.floats(0.0, 1.0), value=VALUES, stack2d=st.booleans(),
+       in_tilt_series=st.booleans())
+def test_extract_with_random_numbers_in_the_tilt_series_files(project, capsys, line, field, value, stack2d,
+                                                             in_tilt_series):
+    """CTF, dose, hand and projection numbers of tomograms.star or a tilt-series file: a finite result or one
+    error line (NaN or infinite numbers, or absurd ones whose CTF x dose weights overflow)."""
+    (project / "edited_ts.star").write_text(_with_value(TILT_SERIES, line, field, value) if in_tilt_series
+                                            else TILT_SERIES)
+    tomograms = TOMOGRAMS.replace("synthetic/tilt_series/TS_01.star", "edited_ts.star")
+    (project / "edited_tomograms.star").write_text(tomograms if in_tilt_series
+                                                   else _with_value(tomograms, line, field, value))
+    _extract(project, capsys, ["--t", "edited_tomograms.star", "--p", "synthetic/particles.star", "--b", "32",
+                               "--crop", "24", "--j", "1"] + (["--stack2d"] if stack2d else []))
