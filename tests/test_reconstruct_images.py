@@ -330,6 +330,7 @@ def test_bad_options(argv, message, tmp_path, capsys):
     ("rlnOriginXAngst", "inf", "rlnOriginXAngst of particle 000004@synthetic/spa2d/particles.mrcs is inf;"),
     ("rlnDefocusU", "-inf", "rlnDefocusU of particle 000004@synthetic/spa2d/particles.mrcs is -inf;"),
     ("rlnImagePixelSize", "0", "an optics group's pixel size is 0.0; it must be a positive number"),
+    ("rlnImagePixelSize", "1e-300", "rec.mrc not written: the map holds NaN or Inf values"),
 ])
 def test_non_finite_particle_values_are_refused(label, value, message, tmp_path, capsys):
     """RELION would drop such a particle without a word (a NaN orientation) or fill the map with NaN."""

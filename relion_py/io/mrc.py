@@ -121,6 +121,15 @@ def write_mrc(path, data, pixel_size, *, stack=False, float16=False):
         write_arrays(tmp, header, payload)
 
 
+def write_map(path, data, pixel_size):
+    """:func:`write_mrc` for a reconstructed map, refused (nothing written) if it holds NaN or Inf values. Those can
+    only come from absurd input numbers (a pixel size of 1e-300 Å, say); RELION would write them without a word."""
+    if not np.isfinite(data).all():
+        raise RelionPyError(f"{path} not written: the map holds NaN or Inf values (from absurd input numbers: check "
+                            "the pixel sizes, CTF values and weights)")
+    write_mrc(path, data, pixel_size)
+
+
 def stack_header(shape, pixel_size, label):
     """The header of a float32 (mode 2) image stack of ``shape`` (nz, ny, nx), written before its data
     (statistics marked as not computed)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.mrc import write_mrc
+from ..io.mrc import write_map
 from ..io.output_folder import refuse_overwriting_inputs
 from ..io.particle_images import ImageReader, image_path
 from ..io.star import read_star
@@ -214,7 +214,7 @@ def reconstruct_images(opts, sum_groups=None):
         # the accumulator is handed over, not kept here: reconstruct_grid frees it once split
         vol = reconstruct_grid(_backproject(run, sum_groups), run.grid, opts, data_dim, angpix,
                                point_group_operators(opts.sym), helical, fsc=fsc, workers=run.threads)
-    write_mrc(opts.o, vol, angpix)
+    write_map(opts.o, vol, angpix)
     if opts.verb > 0:
         info(f"Done! Written output map in: {opts.o}")
         summary(f"{len(parts.names)} of {n_all} particles backprojected ({n_all - len(parts.names)} left out by "

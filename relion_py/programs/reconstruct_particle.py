@@ -24,7 +24,7 @@ from ..io.atomic import remove_stale_temporaries
 from ..io.output_folder import check_writable_folder, refuse_overwriting_inputs, tidy_on_failure
 from ..runtime.fftw_plans import RealFFT
 from ..tomography.half_grid import half_to_centred_full
-from ..io.mrc import read_mrc, write_mrc
+from ..io.mrc import read_mrc, write_map, write_mrc
 from ..kernels.tomography import map_finalisation as fin
 from ..kernels.tomography import insertion_backward
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
@@ -472,12 +472,12 @@ def _reconstruct_and_write(opts, out_dir, data, weight, written_weight, tag, pix
     corrected = fin.gridding_correct(data, threads)
     divided = fin.ctf_divide(corrected, weight, opts.SNR, threads)
     paths = [f"{out_dir}data_{tag}.mrc", f"{out_dir}weight_{tag}.mrc"]
-    write_mrc(paths[0], corrected, pixel_size)
-    write_mrc(paths[1], half_to_centred_full(written_weight), pixel_size)
+    write_map(paths[0], corrected, pixel_size)
+    write_map(paths[1], half_to_centred_full(written_weight), pixel_size)
     if 0 < opts.crop < s:
         paths.append(f"{out_dir}{tag}_full.mrc")
-        write_mrc(paths[-1], divided, pixel_size)
+        write_map(paths[-1], divided, pixel_size)
         divided = fin.crop_centre(divided, opts.crop)
     paths.append(f"{out_dir}{tag}.mrc")
-    write_mrc(paths[-1], fin.taper(divided, opts.taper), pixel_size)
+    write_map(paths[-1], fin.taper(divided, opts.taper), pixel_size)
     return paths
