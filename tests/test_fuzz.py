@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import FIXTURES, working_directory
-from relion_py.cli import extract
+from relion_py.cli import extract, reconstruct
 from relion_py.io.mrc import read_mrc, write_mrc
 from relion_py.io.star import read_star
 from relion_py.runtime.errors import RelionPyError
@@ -158,3 +158,29 @@ def test_extract_with_random_numbers_in_the_tilt_series_files(project, capsys, l
                                                    else _with_value(tomograms, line, field, value))
     _extract(project, capsys, ["--t", "edited_tomograms.star", "--p", "synthetic/particles.star", "--b", "32",
                                "--crop", "24", "--j", "1"] + (["--stack2d"] if stack2d else []))
+
+
+SPA_STAR = (FIXTURES / "synthetic" / "spa2d" / "particles.star").read_text()
+
+
+@pytest.fixture(scope="module")
+def spa_project(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("fuzz_spa") / "synthetic" / "spa2d"
+    shutil.copytree(FIXTURES / "synthetic" / "spa2d", dest)
+    return dest.parent.parent
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(line=st.floats(0.0, 1.0), field=st.floats(0.0, 1.0), value=VALUES)
+def test_reconstruct_with_random_numbers_in_the_particles_file(spa_project, capsys, line, field, value):
+    """relion_reconstruct --ctf: a finite map or one error line (never a traceback, never a NaN map)."""
+    (spa_project / "edited.star").write_text(_with_value(SPA_STAR, line, field, value))
+    out = spa_project / "rec.mrc"
+    out.unlink(missing_ok=True)
+    with working_directory(spa_project):
+        status = reconstruct.main(["--i", "edited.star", "--o", "rec.mrc", "--ctf", "--verb", "0"])
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert status in (0, 1) and len(err) == (status != 0), err
+    assert out.exists() == (status == 0)
+    if status == 0:
+        assert np.isfinite(read_mrc(out)[0]).all()
