@@ -226,6 +226,17 @@ def test_non_finite_tilt_series_numbers_are_refused(project, capsys, main, mode,
     assert not (project / "r" / "note.txt").exists() and not temporaries(project)
 
 
+@pytest.mark.parametrize("main, extra", [(extract.main, ["--min_frames", "39"]), (reconstruct.main, [])])
+def test_non_finite_trajectory_shift_is_refused(project, capsys, main, extra):
+    """A NaN shift would put the particle nowhere in that frame, which would then be dropped as invisible."""
+    motion = project / "motion.star"
+    shutil.copy(FIXTURES / "variants" / "motion.star", motion)
+    set_star_value(motion, "rlnOriginYAngst", 5, "nan")
+    status, err = run_quiet(project, main, T + SMALL + extra + ["--mot", "motion.star", "--o", "r/"], capsys)
+    assert status == 1 and len(err) == 1, err
+    assert "rlnOriginYAngst of frame 5 (row 6) of the trajectory of TS_01/1 is nan" in err[0], err
+
+
 def test_failed_runs_leave_no_note_or_empty_folders(project, capsys):
     _poison_frame(project, 0, np.inf)
     status, _ = run(project, extract.main, T + SMALL + ["--o", "r/"], capsys)

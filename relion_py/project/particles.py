@@ -186,7 +186,13 @@ class Trajectories:
         if len(t) != n_frames:
             raise RelionPyError(f"{self.path}: trajectory of {particle_name} has {len(t)} rows, "
                                 f"the tilt series has {n_frames} frames")
-        return np.stack([column(t, c, self.path) for c in ORIGIN], axis=1)
+        shifts = np.stack([column(t, c, self.path) for c in ORIGIN], axis=1)
+        bad = np.argwhere(~np.isfinite(shifts))
+        if len(bad):            # the frame's position would be NaN: the frame dropped as invisible, without a word
+            frame, axis = bad[0]
+            raise RelionPyError(f"{self.path}: {ORIGIN[axis]} of frame {frame} (row {frame + 1}) of the trajectory "
+                                f"of {particle_name} is {shifts[frame, axis]}; it must be a finite number")
+        return shifts
 
     def table(self, particle_name):
         return self.blocks[particle_name]
