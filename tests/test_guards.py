@@ -162,6 +162,13 @@ def test_non_finite_numbers_are_refused(project, capsys, main, flag, value):
     assert not (project / "r").exists()
 
 
+@pytest.mark.parametrize("main", [extract.main, reconstruct.main])
+def test_absurd_binning_is_refused(project, capsys, main):
+    status, err = run_quiet(project, main, T + SMALL + ["--bin", "1e300", "--o", "r/"], capsys)
+    assert status == 1 and len(err) == 1, err
+    assert "--bin 1e+300 x --b 32 gives an extraction square of 3.2e+301 px, more than any tilt image" in err[0], err
+
+
 def test_cutoff_fract_out_of_range(project, capsys):
     status, err = run_quiet(project, extract.main, T + SMALL + ["--cutoff_fract", "1.5", "--o", "r/"], capsys)
     assert status == 1 and "--cutoff_fract must be in [0, 1)" in err[0], err

@@ -313,6 +313,9 @@ def test_mixed_box_sizes(tmp_path, capsys):
     (["--ewald"], "option --ewald is not supported"),
     (["--refdim", "2"], "option --refdim is not supported"),
     (["--pad", "0.5"], "Padding factor cannot be less than 1."),
+    (["--pad", "1e6"], "--pad 1e+06: the padded Fourier grid (4.8e+07 voxels a side) needs"),
+    (["--pad", "1e300"], "--pad 1e+300: the padded Fourier grid cannot be held"),
+    (["--angpix", "1e300"], "--angpix 1e+300 is too far from the particles' pixel sizes (5 A)"),
     (["--sym", "X7"], "symmetry"),
     (["--subset", "1", "--i", "e_subtomo_3d/particles.star"], None),
 ])

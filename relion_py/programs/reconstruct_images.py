@@ -224,6 +224,18 @@ def reconstruct_images(opts, sum_groups=None):
                              volume=vol)
 
 
+def _check_grid_memory(pad, r_max):
+    """Refuse a --pad whose padded grid (side 2·pad·r_max + 3, data and weight in doubles, the total and a group's
+    accumulator) this machine cannot hold, before anything is allocated."""
+    side = 2.0 * pad * r_max + 3
+    need = 2 * 24 * side * side * (side / 2 + 1)
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise RelionPyError(f"--pad {pad:g}: the padded Fourier grid ({side:.3g} voxels a side) needs "
+                            f"{need / 2**30:.3g} GiB, more than this machine's {have / 2**30:.0f} GiB"
+                            if math.isfinite(need) else f"--pad {pad:g}: the padded Fourier grid cannot be held")
+
+
 def _backproject(run, sum_groups):
     """The insertion accumulator of all the run's particles: the group sums added in order; the group
     accumulator and the insertion buffers are freed before it is returned."""
@@ -252,6 +264,7 @@ class ImageReconstruction:
         self.parts, self.n_box, self.angpix, self.data_dim, self.n_all = load_particles(opts, reader)
         n_box, angpix = self.n_box, self.angpix
         r_max = n_box // 2 if opts.maxres < 0 else min(int(math.ceil(n_box * angpix / opts.maxres)), n_box // 2)
+        _check_grid_memory(opts.pad, r_max)
         self.grid = Grid.create(n_box, opts.pad, r_max, opts.r_min_nn)
         self.insertion = GridInsertion(opts, self.parts, self.grid, n_box, angpix, self.data_dim, reader,
                                        self.threads)

@@ -5,6 +5,10 @@ from dataclasses import dataclass
 from ..runtime.errors import RelionPyError
 
 
+#: Largest unbinned extraction square (px): 4× the widest detector, a 1 GiB float32 window per tilt image.
+MAX_SQUARE = 16384
+
+
 @dataclass
 class BoxSizes:
     """Derived box sizes, in binned pixels unless stated."""
@@ -30,6 +34,9 @@ def box_sizes(box, crop, binning):
     if crop > box:
         raise RelionPyError(f"--crop ({crop}) must not exceed --b ({box})")
     square = int(binning * box + 0.5)
+    if square > MAX_SQUARE:
+        raise RelionPyError(f"--bin {binning} x --b {box} gives an extraction square of {binning * box:.4g} px, more "
+                            f"than any tilt image (at most {MAX_SQUARE} px are supported)")
     if square % 2:
         raise RelionPyError(f"--bin {binning} x --b {box} gives an odd extraction square of {square} px; "
                             "choose sizes whose unbinned square is even")

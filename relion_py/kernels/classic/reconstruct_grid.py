@@ -77,7 +77,11 @@ class ParticleInserter:
         # A · ρ (applyScaleDifference) then pf · A⁻¹, per particle
         ratio = (parts.box * parts.pixel) / (n_box * angpix)
         mats = parts.rotations * ratio[parts.groups][:, None, None]
-        self.ainv = np.array([inverse_3x3(m) * grid.pf for m in mats]).reshape(-1, 3, 3)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            self.ainv = np.array([inverse_3x3(m) * grid.pf for m in mats]).reshape(-1, 3, 3)
+        if not np.isfinite(self.ainv).all():     # the rescale ratio under- or overflowed: a singular matrix
+            raise RelionPyError(f"--angpix {angpix:g} is too far from the particles' pixel sizes "
+                                f"({', '.join(f'{v:g}' for v in np.unique(parts.pixel))} A) to rescale them to it")
         self._ones = {}
         self._ctf_index = {}
 
