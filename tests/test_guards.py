@@ -200,6 +200,7 @@ def test_non_finite_pixels_name_the_tilt_series_and_frame(project, capsys, main,
     ("rlnCenteredCoordinateYAngst", 2, "-inf", "rlnCenteredCoordinateYAngst of particle TS_01/3 is -inf;"),
     ("rlnTomoTiltSeriesPixelSize", 0, "inf", "rlnTomoTiltSeriesPixelSize inf of an optics group must be a positive"),
     ("rlnTomoTiltSeriesPixelSize", 0, "0", "rlnTomoTiltSeriesPixelSize 0.0 of an optics group must be a positive"),
+    ("rlnVoltage", 0, "nan", "rlnVoltage nan of the optics group differs from 300.0 of tomogram TS_01"),
 ])
 def test_non_finite_particle_geometry_is_refused(project, capsys, main, label, row, value, message):
     """RELION would give such a particle no place or no orientation (it adds nothing, or NaN, while being counted

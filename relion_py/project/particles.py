@@ -90,7 +90,7 @@ class ParticleSet:
             values = self.optics[label].to_numpy(dtype=np.float64)[self.optics_index]
             for name, value in zip(self.table["rlnTomoName"], values):
                 expected = getattr(tomograms.by_name[name], attr)
-                if abs(value - expected) > 1e-3:
+                if not abs(value - expected) <= 1e-3:         # NaN differs too
                     raise RelionPyError(f"{self.path}: {label} {value} of the optics group differs from "
                                         f"{expected} of tomogram {name}")
 
