@@ -223,6 +223,7 @@ def test_non_finite_particle_geometry_is_refused(project, capsys, main, label, r
     ("tilt_series/TS_01.star", "rlnMicrographPreExposure", "-inf", "rlnMicrographPreExposure of frame 3 (row 4)"),
     ("tilt_series/TS_01.star", "rlnCtfScalefactor", "1e30", "tilt series TS_01, frame 3 (row 4, "),
     ("tilt_series/TS_01.star", "rlnDefocusU", "1e300", "a particle's CTF x dose weights are NaN or infinite"),
+    ("tilt_series/TS_01.star", "rlnMicrographPreExposure", "-1e300", "frame 3 (row 4): its dose weights overflow"),
 ])
 def test_non_finite_tilt_series_numbers_are_refused(project, capsys, main, mode, table, label, value, message):
     """RELION would spread NaN over every output of the tilt series (CTF, dose weights, projections); finite but

@@ -334,6 +334,7 @@ def test_bad_options(argv, message, tmp_path, capsys):
     ("rlnDefocusU", "-inf", "rlnDefocusU of particle 000004@synthetic/spa2d/particles.mrcs is -inf;"),
     ("rlnImagePixelSize", "0", "an optics group's pixel size is 0.0; it must be a positive number"),
     ("rlnImagePixelSize", "1e-300", "rec.mrc not written: the map holds NaN or Inf values"),
+    ("rlnImagePixelSize", "1e37", "pixel size 1e+37 A: a 48 px cell of it does not fit an MRC header"),
 ])
 def test_non_finite_particle_values_are_refused(label, value, message, tmp_path, capsys):
     """RELION would drop such a particle without a word (a NaN orientation) or fill the map with NaN."""

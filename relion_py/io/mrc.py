@@ -83,10 +83,13 @@ def _header(shape, mode, pixel_size, stack, stats, label=None):
     floats = words.view("<f4")
     words[0:4] = nx, ny, nz, mode
     words[7:10] = nx, ny, nz  # mx, my, mz; nxstart.. stay 0
-    ps = np.float32(pixel_size)
-    # Cell in float arithmetic; z is only scaled for volumes (nz > 1): a stack's "z" is its image count.
-    floats[10:12] = ps * np.float32(nx), ps * np.float32(ny)
-    floats[12] = ps * np.float32(nz) if (nz > 1 and not stack) else nz
+    with np.errstate(over="ignore"):
+        ps = np.float32(pixel_size)
+        # Cell in float arithmetic; z is only scaled for volumes (nz > 1): a stack's "z" is its image count.
+        floats[10:12] = ps * np.float32(nx), ps * np.float32(ny)
+        floats[12] = ps * np.float32(nz) if (nz > 1 and not stack) else nz
+    if not np.isfinite(floats[10:13]).all():
+        raise RelionPyError(f"pixel size {pixel_size:g} A: a {nx} px cell of it does not fit an MRC header (float32)")
     floats[13:16] = 90.0
     words[16:19] = 1, 2, 3
     amin, amax, amean, rms = stats

@@ -19,13 +19,14 @@ def dose_weights(dose, box, pixel_size, bfactor_per_dose=0.0):
     kx, ky = half_grid(box)
     k = np.sqrt(kx * kx + ky * ky) / (box * pixel_size)
     dose = np.asarray(dose, dtype=np.float64)[:, None, None]
-    if bfactor_per_dose > 0:
-        w = np.exp(-bfactor_per_dose * dose / 4.0 * k * k)
-    else:
-        with np.errstate(divide="ignore"):
-            critical = 0.245 * k ** -1.665 + 2.81  # +inf at DC → weight 1
-        w = np.exp(-0.5 * dose / critical)
-    return w.astype(np.float32)
+    with np.errstate(over="ignore"):       # an absurd negative dose overflows: the caller refuses the inf weights
+        if bfactor_per_dose > 0:
+            w = np.exp(-bfactor_per_dose * dose / 4.0 * k * k)
+        else:
+            with np.errstate(divide="ignore"):
+                critical = 0.245 * k ** -1.665 + 2.81  # +inf at DC → weight 1
+            w = np.exp(-0.5 * dose / critical)
+        return w.astype(np.float32)
 
 
 def dose_x_ranges(weights, cutoff_fraction):
