@@ -130,7 +130,7 @@ FRAME_NUMBERS = (("rlnMicrographPreExposure", "dose"), ("rlnDefocusU", "defocus_
 
 def _require_finite_frames(values, label, where):
     """One clear error for the first frame whose ``label`` value (of ``values``, (fc, ...)) is NaN or infinite."""
-    bad = np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=tuple(range(1, values.ndim))))
     if len(bad):
         raise RelionPyError(f"{where}: {label} of frame {bad[0]} (row {bad[0] + 1}) is not a finite number")
 

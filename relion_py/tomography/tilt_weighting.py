@@ -33,7 +33,7 @@ def tilt_weighting(tomogram, box, binning, aberrations, ctf, whiten, threads, cu
     need_dose = ctf or cutoff_fraction is not None
     dose = (dose_weights(tomogram.dose, box, pixel_size, tomogram.bfactor_per_dose) if need_dose
             else np.zeros((0, 1, 1), np.float32))
-    bad = np.flatnonzero(~np.isfinite(dose.reshape(len(dose), -1)).all(axis=1))
+    bad = np.flatnonzero(~np.isfinite(dose).all(axis=(1, 2)))
     if len(bad):                                        # exp of a hugely negative pre-exposure
         f = bad[0]
         raise RelionPyError(f"tilt series {tomogram.name}, frame {f} (row {f + 1}): its dose weights overflow "
