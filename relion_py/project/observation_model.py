@@ -15,7 +15,7 @@ from ..io.star import read_star
 from ..runtime.errors import RelionPyError
 from ..runtime.log import warn
 from ..tomography.geometry import euler_to_matrix
-from .tables import column, first_not_positive
+from .tables import column, first_non_finite, first_not_positive
 
 #: Optics columns whose effect (phase demodulation, MTF division, magnification, symmetric aberrations) is
 #: not ported; a particle file that uses them is refused instead of giving a different map.
@@ -291,9 +291,9 @@ def _ctf_parameters(particles, optics, rows):
 def _require_finite(path, values, labels, names):
     """One clear error for the first NaN or infinite value of ``values`` (n, len(labels)): RELION would insert
     such a particle nowhere (a NaN orientation) or spread NaN over the whole map (a NaN shift or CTF value)."""
-    bad = np.argwhere(~np.isfinite(values))
-    if len(bad):
-        p, c = bad[0]
+    bad = first_non_finite(values)
+    if bad is not None:
+        p, c = bad
         raise RelionPyError(f"{path}: {labels[c]} of particle {names[p]} is {values[p, c]}; orientations, origins, "
                             "CTF parameters and weights must be finite numbers")
 

@@ -10,7 +10,7 @@ from ..runtime.errors import RelionPyError
 from ..tomography.geometry import euler_to_matrix
 from ..io.star import read_star
 from ..runtime.log import warn
-from .tables import column, first_not_positive, require_columns
+from .tables import column, first_non_finite, first_not_positive, require_columns
 
 CENTRED = ("rlnCenteredCoordinateXAngst", "rlnCenteredCoordinateYAngst", "rlnCenteredCoordinateZAngst")
 UNCENTRED = ("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ")
@@ -100,10 +100,10 @@ class ParticleSet:
         for label in CENTRED + UNCENTRED + ORIGIN + ANGLES + SUBTOMOGRAM_ANGLES:
             if label in self.table.columns:
                 values = column(self.table, label, self.path)
-                bad = np.flatnonzero(~np.isfinite(values))
-                if len(bad):
+                bad = first_non_finite(values)
+                if bad is not None:
                     name = self.table["rlnTomoParticleName"].iloc[bad[0]]
-                    raise RelionPyError(f"{self.path}: {label} of particle {name} is {values[bad[0]]}; coordinates, "
+                    raise RelionPyError(f"{self.path}: {label} of particle {name} is {values[bad]}; coordinates, "
                                         "origins and angles must be finite numbers")
 
     def __len__(self):
@@ -187,9 +187,9 @@ class Trajectories:
             raise RelionPyError(f"{self.path}: trajectory of {particle_name} has {len(t)} rows, "
                                 f"the tilt series has {n_frames} frames")
         shifts = np.stack([column(t, c, self.path) for c in ORIGIN], axis=1)
-        bad = np.argwhere(~np.isfinite(shifts))
-        if len(bad):            # the frame's position would be NaN: the frame dropped as invisible, without a word
-            frame, axis = bad[0]
+        bad = first_non_finite(shifts)
+        if bad is not None:     # the frame's position would be NaN: the frame dropped as invisible, without a word
+            frame, axis = bad
             raise RelionPyError(f"{self.path}: {ORIGIN[axis]} of frame {frame} (row {frame + 1}) of the trajectory "
                                 f"of {particle_name} is {shifts[frame, axis]}; it must be a finite number")
         return shifts

@@ -23,6 +23,12 @@ def column(table, label, where, default=None, dtype=np.float64):
         raise RelionPyError(f"{where}: column {label} holds non-numeric values") from None
 
 
+def first_non_finite(values):
+    """The index (a tuple) of the first NaN or infinite value of ``values``, or None."""
+    bad = np.argwhere(~np.isfinite(values))
+    return tuple(int(i) for i in bad[0]) if len(bad) else None
+
+
 def first_not_positive(values):
     """The first of ``values`` that is not a positive finite number (a pixel size, say), or None."""
     values = np.asarray(values, np.float64)

@@ -11,7 +11,7 @@ from ..runtime.errors import RelionPyError
 from ..tomography.geometry import tilt_projection_matrices
 from ..io.star import read_star
 from ..io.open_tilt_images import open_tilt_images
-from .tables import column, require_columns
+from .tables import column, first_non_finite, first_not_positive, require_columns
 
 GLOBAL_REQUIRED = ("rlnTomoName", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
                    "rlnTomoTiltSeriesPixelSize", "rlnTomoHand", "rlnTomoSizeX", "rlnTomoSizeY", "rlnTomoSizeZ")
@@ -130,8 +130,8 @@ FRAME_NUMBERS = (("rlnMicrographPreExposure", "dose"), ("rlnDefocusU", "defocus_
 
 def _require_finite_frames(values, label, where):
     """One clear error for the first frame whose ``label`` value (of ``values``, (fc, ...)) is NaN or infinite."""
-    bad = np.flatnonzero(~np.isfinite(values).all(axis=tuple(range(1, values.ndim))))
-    if len(bad):
+    bad = first_non_finite(values)
+    if bad is not None:
         raise RelionPyError(f"{where}: {label} of frame {bad[0]} (row {bad[0] + 1}) is not a finite number")
 
 
@@ -149,7 +149,7 @@ def _read_tomogram(row, frames, where):
     if not 0.0 <= q0 <= 1.0:
         raise RelionPyError(f"{where}: rlnAmplitudeContrast of {name} is {q0}, outside [0, 1]")
     pixel_size = float(row["rlnTomoTiltSeriesPixelSize"])
-    if not (np.isfinite(pixel_size) and pixel_size > 0):
+    if first_not_positive([pixel_size]) is not None:
         raise RelionPyError(f"{where}: rlnTomoTiltSeriesPixelSize of {name} must be a positive number")
     ts_where = f"tilt series STAR of {name}"
     require_columns(frames, ("rlnMicrographName", "rlnMicrographPreExposure", "rlnDefocusU",

@@ -9,6 +9,7 @@ Shared by relion_tomo_subtomo and relion_tomo_reconstruct_particle: the per-tomo
 import numpy as np
 
 from .dose import dose_weights, dose_x_ranges
+from ..project.tables import first_non_finite
 from ..runtime.errors import RelionPyError
 from .noise import noise_weights
 from ..kernels.tomography.extraction import TiltWeighting
@@ -33,8 +34,8 @@ def tilt_weighting(tomogram, box, binning, aberrations, ctf, whiten, threads, cu
     need_dose = ctf or cutoff_fraction is not None
     dose = (dose_weights(tomogram.dose, box, pixel_size, tomogram.bfactor_per_dose) if need_dose
             else np.zeros((0, 1, 1), np.float32))
-    bad = np.flatnonzero(~np.isfinite(dose).all(axis=(1, 2)))
-    if len(bad):                                        # exp of a hugely negative pre-exposure
+    bad = first_non_finite(dose)
+    if bad is not None:                                 # exp of a hugely negative pre-exposure
         f = bad[0]
         raise RelionPyError(f"tilt series {tomogram.name}, frame {f} (row {f + 1}): its dose weights overflow "
                             f"(rlnMicrographPreExposure {tomogram.dose[f]:g} e/A^2)")
