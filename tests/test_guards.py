@@ -12,6 +12,7 @@ import pytest
 from conftest import FIXTURES, set_star_value, working_directory
 from relion_py.cli import extract, reconstruct
 from relion_py.cli.common import run_cli
+from relion_py.runtime import memory
 from relion_py.runtime.errors import RelionPyError
 
 T = ["--t", "synthetic/tomograms.star", "--p", "synthetic/particles.star"]
@@ -277,3 +278,38 @@ def test_relion_gui_abort_file_stops_the_run(program, tmp_path):
         status = main(args + (["--stack2d"] if program == "extract" else []))
     assert status == 2
     assert (job / "RELION_JOB_EXIT_ABORTED").exists() and not (job / "RELION_JOB_EXIT_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("main, extra, what", [
+    (extract.main, [], "the buffers of --b 32 (--bin 1, --crop 24), 1 thread(s) and 40 tilt images need about"),
+    (extract.main, ["--stack2d"], "the buffers of --b 32 (--bin 1, --crop 24), 1 thread(s) and 40 tilt images"),
+    (reconstruct.main, ["--j_out", "1", "--j_in", "1"],
+     "the accumulators and buffers of --b 32 (--bin 1), 1 thread(s) and 40 tilt images need about"),
+])
+def test_runs_that_cannot_fit_in_memory_are_refused(project, capsys, monkeypatch, main, extra, what):
+    """A box the machine (or the SLURM job's cgroup) cannot hold is refused before anything is allocated or
+    written, instead of growing until the OOM killer ends the run: here a limit of 64 KiB above what the
+    process holds already."""
+    monkeypatch.setattr(memory, "memory_limit", lambda: memory._resident_bytes() + 2**16)
+    status, err = run_quiet(project, main, T + SMALL + extra + ["--o", "r/"], capsys)
+    assert status == 1 and len(err) == 1 and what in err[0] and "use a smaller box" in err[0], err
+    assert not (project / "r").exists()
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_memory_limit_of_a_cgroup(tmp_path):
+    """The limits of the process's control group and of its ancestors (SLURM's cgroup task plugin), v2 and v1."""
+    _write(tmp_path / "v2" / "slurm" / "memory.max", "max\n")
+    _write(tmp_path / "v2" / "slurm" / "job_1" / "memory.max", "1073741824\n")
+    _write(tmp_path / "v2" / "slurm" / "job_1" / "step_0" / "memory.max", "max\n")
+    _write(tmp_path / "v2.cgroup", "0::/slurm/job_1/step_0\n")
+    assert list(memory._cgroup_limits(tmp_path / "v2.cgroup", tmp_path / "v2")) == [2**30]
+    _write(tmp_path / "v1" / "memory" / "memory.limit_in_bytes", "9223372036854771712\n")
+    _write(tmp_path / "v1" / "memory" / "slurm" / "uid_0" / "job_5" / "memory.limit_in_bytes", "2147483648\n")
+    _write(tmp_path / "v1.cgroup", "5:cpu,cpuacct:/slurm/uid_0/job_5\n4:memory:/slurm/uid_0/job_5\n")
+    assert sorted(memory._cgroup_limits(tmp_path / "v1.cgroup", tmp_path / "v1")) == [2**31, 9223372036854771712]
+    assert 0 < memory.memory_limit() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -29,6 +29,7 @@ from ..kernels.classic.reconstruct_grid import Grid, GridInsertion, reconstruct_
 from ..project.observation_model import load_particles
 from ..runtime.errors import RelionPyError
 from ..runtime.log import info
+from ..runtime.memory import check_memory
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import check_supported, option
 from ..runtime.parallel import numba_threads
@@ -225,15 +226,12 @@ def reconstruct_images(opts, sum_groups=None):
 
 
 def _check_grid_memory(pad, r_max):
-    """Refuse a --pad whose padded grid (side 2·pad·r_max + 3, data and weight in doubles, the total and a group's
-    accumulator) this machine cannot hold, before anything is allocated."""
+    """Refuse a --pad whose padded grids (side 2·pad·r_max + 3, data and weight in doubles: the total and a group's
+    accumulator) do not fit in memory, before anything is allocated."""
     side = 2.0 * pad * r_max + 3
-    need = 2 * 24 * side * side * (side / 2 + 1)
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > have:
-        raise RelionPyError(f"--pad {pad:g}: the padded Fourier grid ({side:.3g} voxels a side) needs "
-                            f"{need / 2**30:.3g} GiB, more than this machine's {have / 2**30:.0f} GiB"
-                            if math.isfinite(need) else f"--pad {pad:g}: the padded Fourier grid cannot be held")
+    check_memory(2 * 24 * side * side * (side / 2 + 1),
+                 f"--pad {pad:g}: the padded Fourier grids ({side:.3g} voxels a side, the total and a group's)",
+                 "use a smaller --pad")
 
 
 def _backproject(run, sum_groups):

@@ -30,6 +30,7 @@ from ..kernels.tomography import insertion_backward
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
 from ..runtime.job_control import check_abort, count_finished
 from ..runtime.log import info, warn
+from ..runtime.memory import check_memory, half_spectrum_bytes
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import ProjectInputs, check_supported, option
 from ..runtime.parallel import PerThread, numba_threads
@@ -177,6 +178,7 @@ class ParticleReconstruction:
         self.tomograms = TomogramSet(self.files.tomograms)
         try:
             self._read(opts, s)
+            self._check_memory(s)
         except BaseException:
             self.tomograms.close()
             raise
@@ -203,6 +205,19 @@ class ParticleReconstruction:
         if n_hidden:
             warn(f"{n_hidden} particle(s) are not visible in any tilt image and contribute nothing.")
         self.aberrations = aberration_tables(particles.optics, s, self.pixel_size)
+
+    def _check_memory(self, s):
+        """Refuse a run whose buffers cannot fit in memory (``runtime.memory``): the total, a group's sum and
+        the batch accumulators in flight, per tomogram its dose weights and circle-mask tables, and per thread
+        one unbinned square and the weighted spectra of a particle's tilt images."""
+        frames = max(t.n_frames for t in self.tomograms)
+        accumulators = (2 + max(1, min(self.n_acc, self.threads))) * self.n_half * half_spectrum_bytes((s,) * 3, 24)
+        shared = frames * half_spectrum_bytes((s, s), 4) + 17 * self.square ** 2
+        per_thread = self.square ** 2 * 4 + half_spectrum_bytes((self.square,) * 2, 8) + frames * half_spectrum_bytes(
+            (s, s), 12)
+        check_memory(accumulators + shared + self.threads * per_thread,
+                     f"the accumulators and buffers of --b {s} (--bin {self.opts.bin:g}), {self.threads} thread(s) "
+                     f"and {frames} tilt images", "use a smaller box, fewer threads (--j) or a --mem limit")
 
     def input_files(self):
         files = self.files

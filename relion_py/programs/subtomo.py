@@ -28,7 +28,8 @@ from ..io.atomic import remove_stale_temporaries
 from ..io.output_folder import check_writable_folder, refuse_overwriting_inputs, tidy_on_failure
 from ..runtime.cluster_options import ClusterOptions, wants_cluster
 from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
-from ..runtime.parallel import BackgroundWriter, PerThread, map_in_order
+from ..runtime.memory import check_memory, half_spectrum_bytes
+from ..runtime.parallel import AHEAD, BackgroundWriter, PerThread, map_in_order
 from ..runtime.progress import Progress, summary
 from ..project.optimisation_set import OptimisationSet
 from ..project.particles import ORIGIN, UNCENTRED, ParticleSet, Trajectories
@@ -206,6 +207,7 @@ class ExtractionRun:
         self.files = OptimisationSet.from_arguments(opts.i, opts.p, opts.t, opts.mot)
         self.tomograms = TomogramSet(self.files.tomograms)
         try:
+            _check_memory(opts, self.sizes, max((t.n_frames for t in self.tomograms), default=0), self.threads)
             self.particles = ParticleSet(self.files.particles, self.tomograms)
             self.trajectories = Trajectories(self.files.trajectories) if self.files.trajectories else None
         except BaseException:
@@ -504,6 +506,25 @@ class _TomogramJob:
             real = ws.volume.backward(1)
         # copies: this worker's buffers are reused by its next particle while the writer holds these
         return real[0].copy(), ctf_mult[0].copy()
+
+
+def _check_memory(opts, sizes, frames, threads):
+    """Refuse a run whose buffers cannot fit in memory (``runtime.memory``): per tomogram its dose (and noise)
+    weights and the circle-mask tables, and per thread a :class:`_Workspace` (the touched part: one unbinned
+    square, and all ``frames`` binned spectra in 3-D) and the results waiting for the writer."""
+    sq, box, crop = sizes.square, sizes.box, sizes.crop
+    shared = frames * half_spectrum_bytes((box, box), 4 * (1 + opts.whiten)) + 17 * (sq * sq + box * box)
+    square = sq * sq * 4 + half_spectrum_bytes((sq, sq), 8)
+    if opts.stack2d:
+        per_thread = square + box * box * 4 + half_spectrum_bytes((box, box), 8) + AHEAD * frames * crop * crop * 4
+    else:
+        volume = crop ** 3 * 4 + half_spectrum_bytes((crop,) * 3, 8 + 8 + 16)      # FFT, CTF² + multiplicity, acc
+        result = crop ** 3 * 4 + half_spectrum_bytes((crop,) * 3, 8)
+        per_thread = square + frames * (box * box * 4 + half_spectrum_bytes((box, box), 12)) + volume + AHEAD * result
+    check_memory(shared + threads * per_thread,
+                 f"the buffers of --b {opts.b} (--bin {opts.bin:g}, --crop {crop}), {threads} thread(s) and {frames} "
+                 "tilt images",
+                 "use a smaller box or fewer threads (--j)")
 
 
 class _Workspace:

@@ -18,15 +18,20 @@ def dose_weights(dose, box, pixel_size, bfactor_per_dose=0.0):
     """
     kx, ky = half_grid(box)
     k = np.sqrt(kx * kx + ky * ky) / (box * pixel_size)
-    dose = np.asarray(dose, dtype=np.float64)[:, None, None]
+    dose = np.asarray(dose, dtype=np.float64)
+    out = np.empty((len(dose), box, box // 2 + 1), np.float32)
+    # one frame at a time: the float64 temporaries are one frame's, not the whole stack's (for a 2000-px box
+    # and 40 frames, 1.3 GB)
     with np.errstate(over="ignore"):       # an absurd negative dose overflows: the caller refuses the inf weights
         if bfactor_per_dose > 0:
-            w = np.exp(-bfactor_per_dose * dose / 4.0 * k * k)
+            for f, d in enumerate(dose):
+                out[f] = np.exp(-bfactor_per_dose * d / 4.0 * k * k)
         else:
             with np.errstate(divide="ignore"):
                 critical = 0.245 * k ** -1.665 + 2.81  # +inf at DC → weight 1
-            w = np.exp(-0.5 * dose / critical)
-        return w.astype(np.float32)
+            for f, d in enumerate(dose):
+                out[f] = np.exp(-0.5 * d / critical)
+    return out
 
 
 def dose_x_ranges(weights, cutoff_fraction):
@@ -40,7 +45,8 @@ def dose_x_ranges(weights, cutoff_fraction):
     with np.errstate(invalid="ignore"):
         xmax = np.sqrt((s * s) // 4 - ky[:, 0].astype(np.float64) ** 2)
     inside = kx <= xmax[:, None]                      # NaN compares False
-    above = (weights > cutoff_fraction) & inside[None]
-    # RELION keeps the last qualifying x, not the first gap
-    last = np.where(above, kx[None] + 1, 0).max(axis=2)
-    return last.astype(np.int64)
+    last = np.empty((fc, s), np.int64)
+    for f in range(fc):                               # one frame's temporaries at a time
+        # RELION keeps the last qualifying x, not the first gap
+        last[f] = np.where((weights[f] > cutoff_fraction) & inside, kx + 1, 0).max(axis=1)
+    return last
