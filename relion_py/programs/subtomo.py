@@ -513,7 +513,8 @@ def _check_memory(opts, sizes, frames, threads):
     weights and the circle-mask tables, and per thread a :class:`_Workspace` (the touched part: one unbinned
     square, and all ``frames`` binned spectra in 3-D) and the results waiting for the writer."""
     sq, box, crop = sizes.square, sizes.box, sizes.crop
-    shared = frames * half_spectrum_bytes((box, box), 4 * (1 + opts.whiten)) + 17 * (sq * sq + box * box)
+    shared = frames * half_spectrum_bytes((box, box), 4 * (1 + opts.whiten)) + 17 * (sq * sq * opts.circle_precrop
+                                                                                    + box * box)
     square = sq * sq * 4 + half_spectrum_bytes((sq, sq), 8)
     if opts.stack2d:
         per_thread = square + box * box * 4 + half_spectrum_bytes((box, box), 8) + AHEAD * frames * crop * crop * 4
