@@ -1,6 +1,7 @@
 """Issue 14's guards: resume trusts only complete particles, SIGTERM and RELION's pipeline-control files,
 outputs never overwrite inputs, user mistakes get one line and exit 1, failed runs leave no leftovers."""
 import os
+import re
 import shutil
 import signal
 import time
@@ -12,6 +13,8 @@ import pytest
 from conftest import FIXTURES, set_star_value, working_directory
 from relion_py.cli import extract, reconstruct
 from relion_py.cli.common import run_cli
+from relion_py.io.open_tilt_images import is_one_mrc_stack
+from relion_py.project.tomograms import TomogramSet
 from relion_py.runtime import memory
 from relion_py.runtime.errors import RelionPyError
 
@@ -313,3 +316,17 @@ def test_memory_limit_of_a_cgroup(tmp_path):
     _write(tmp_path / "v1.cgroup", "5:cpu,cpuacct:/slurm/uid_0/job_5\n4:memory:/slurm/uid_0/job_5\n")
     assert sorted(memory._cgroup_limits(tmp_path / "v1.cgroup", tmp_path / "v1")) == [2**31, 9223372036854771712]
     assert 0 < memory.memory_limit() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def test_square_buffers_of_stacks_and_per_tilt_files(project):
+    """One MRC stack: compiled code cuts each window into one reused buffer; per-tilt files (and OME-Zarr) are
+    gathered first, one buffer per frame: the memory checks count those."""
+    assert is_one_mrc_stack(["1@a/TS_01.mrcs", "2@a/TS_01.mrcs"])
+    assert not is_one_mrc_stack(["a/TS_01_001.mrc", "a/TS_01_002.mrc"])
+    assert not is_one_mrc_stack(["1@https://host/TS_01.zarr", "2@https://host/TS_01.zarr"])
+    with working_directory(project):
+        assert TomogramSet("synthetic/tomograms.star").square_buffers() == (40, 1)
+        star = Path("synthetic/tilt_series/TS_01.star")
+        k = iter(range(1000))
+        star.write_text(re.sub(r"\d+@(\S+)\.mrcs", lambda m: f"{m.group(1)}_{next(k)}.mrc", star.read_text()))
+        assert TomogramSet("synthetic/tomograms.star").square_buffers() == (40, 40)

@@ -9,6 +9,14 @@ def is_zarr_location(path):
     return "://" in path or path.rstrip("/").endswith(".zarr")
 
 
+def is_one_mrc_stack(micrograph_names):
+    """True if the frames are slices of one MRC file: its reader hands compiled code the whole pixel stack
+    (``TiltImages.pixel_stack``), which cuts each window into one reused buffer; other readers (per-tilt files,
+    OME-Zarr) gather all of a particle's windows first, one buffer each."""
+    paths = {split_image_name(n)[0] for n in micrograph_names}
+    return len(paths) == 1 and not is_zarr_location(next(iter(paths)))
+
+
 def open_tilt_images(micrograph_names):
     """Open the frames named by a tilt-series STAR file's ``rlnMicrographName`` column.
 

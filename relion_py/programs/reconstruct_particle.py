@@ -209,12 +209,13 @@ class ParticleReconstruction:
     def _check_memory(self, s):
         """Refuse a run whose buffers cannot fit in memory (``runtime.memory``): the total, a group's sum and
         the batch accumulators in flight, per tomogram its dose weights and circle-mask tables, and per thread
-        one unbinned square and the weighted spectra of a particle's tilt images."""
-        frames = max(t.n_frames for t in self.tomograms)
+        the unbinned squares (one, or gathered, one per frame) and the weighted spectra of a particle's tilt
+        images."""
+        frames, squares = self.tomograms.square_buffers()
         accumulators = (2 + max(1, min(self.n_acc, self.threads))) * self.n_half * half_spectrum_bytes((s,) * 3, 24)
         shared = frames * half_spectrum_bytes((s, s), 4) + 17 * self.square ** 2
-        per_thread = self.square ** 2 * 4 + half_spectrum_bytes((self.square,) * 2, 8) + frames * half_spectrum_bytes(
-            (s, s), 12)
+        per_thread = (squares * (self.square ** 2 * 4 + half_spectrum_bytes((self.square,) * 2, 8))
+                      + frames * half_spectrum_bytes((s, s), 12))
         check_memory(accumulators + shared + self.threads * per_thread,
                      f"the accumulators and buffers of --b {s} (--bin {self.opts.bin:g}), {self.threads} thread(s) "
                      f"and {frames} tilt images", "use a smaller box, fewer threads (--j) or a --mem limit")

@@ -207,7 +207,7 @@ class ExtractionRun:
         self.files = OptimisationSet.from_arguments(opts.i, opts.p, opts.t, opts.mot)
         self.tomograms = TomogramSet(self.files.tomograms)
         try:
-            _check_memory(opts, self.sizes, max((t.n_frames for t in self.tomograms), default=0), self.threads)
+            _check_memory(opts, self.sizes, self.tomograms, self.threads)
             self.particles = ParticleSet(self.files.particles, self.tomograms)
             self.trajectories = Trajectories(self.files.trajectories) if self.files.trajectories else None
         except BaseException:
@@ -508,14 +508,16 @@ class _TomogramJob:
         return real[0].copy(), ctf_mult[0].copy()
 
 
-def _check_memory(opts, sizes, frames, threads):
+def _check_memory(opts, sizes, tomograms, threads):
     """Refuse a run whose buffers cannot fit in memory (``runtime.memory``): per tomogram its dose (and noise)
-    weights and the circle-mask tables, and per thread a :class:`_Workspace` (the touched part: one unbinned
-    square, and all ``frames`` binned spectra in 3-D) and the results waiting for the writer."""
+    weights and the circle-mask tables, and per thread a :class:`_Workspace` (the touched part: the unbinned
+    squares, one or, gathered, all ``frames``; all ``frames`` binned spectra in 3-D) and the results waiting for
+    the writer."""
     sq, box, crop = sizes.square, sizes.box, sizes.crop
+    frames, squares = tomograms.square_buffers()
     shared = frames * half_spectrum_bytes((box, box), 4 * (1 + opts.whiten)) + 17 * (sq * sq * opts.circle_precrop
                                                                                     + box * box)
-    square = sq * sq * 4 + half_spectrum_bytes((sq, sq), 8)
+    square = squares * (sq * sq * 4 + half_spectrum_bytes((sq, sq), 8))
     if opts.stack2d:
         per_thread = square + box * box * 4 + half_spectrum_bytes((box, box), 8) + AHEAD * frames * crop * crop * 4
     else:

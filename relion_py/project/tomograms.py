@@ -10,7 +10,7 @@ import numpy as np
 from ..runtime.errors import RelionPyError
 from ..tomography.geometry import tilt_projection_matrices
 from ..io.star import read_star
-from ..io.open_tilt_images import open_tilt_images
+from ..io.open_tilt_images import is_one_mrc_stack, open_tilt_images
 from .tables import column, first_non_finite, first_not_positive, require_columns
 
 GLOBAL_REQUIRED = ("rlnTomoName", "rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast",
@@ -206,6 +206,13 @@ class TomogramSet:
             paths.add(str(t.row.get("rlnTomoTiltSeriesStarFile", self.path)))
             paths.update(str(name).split("@")[-1] for name in t.micrograph_names)
         return sorted(paths)
+
+    def square_buffers(self):
+        """(the most frames of any tomogram, how many of a worker's unbinned-square buffers one particle fills:
+        1 if every tilt series is one MRC stack, else one per frame, :func:`~relion_py.io.open_tilt_images.
+        is_one_mrc_stack`), for the programs' memory checks."""
+        frames = max((t.n_frames for t in self.tomograms), default=0)
+        return frames, 1 if all(is_one_mrc_stack(t.micrograph_names) for t in self.tomograms) else frames
 
     def __iter__(self):
         return iter(self.tomograms)
