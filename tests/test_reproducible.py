@@ -3,6 +3,8 @@
 byte — except the date label RELION stamps into each MRC header, and the thread flags in note.txt."""
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,39 @@ def test_same_bytes_for_every_run_and_thread_count(program, tmp_path):
         assert sorted(other) == sorted(runs[0])
         differing = [name for name in runs[0] if other[name] != runs[0][name]]
         assert not differing, f"{program}: files differ between runs: {differing}"
+
+
+SCRIPTS = {extract_main: "relion-py-extract", reconstruct_main: "relion-py-reconstruct"}
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_console_script_without_pyarrow_writes_the_same_bytes(program, tmp_path):
+    """The console scripts hide pyarrow from pandas (relion_py/cli/__init__.py: 59 MiB less in every run);
+    pandas then keeps string columns in Python objects instead of pyarrow arrays. The bytes must not change:
+    each program is run as its console script and in this process, where pandas has pyarrow."""
+    import pandas  # noqa: F401 - loaded before anything of relion_py.cli could hide pyarrow
+    assert sys.modules.get("pyarrow") is not None
+    main, args = PROGRAMS[program]
+    work = mirror_fixtures(tmp_path / "project", "none")
+    with working_directory(work):
+        for n in range(2):
+            if args[-1] == "out/rec.mrc":
+                Path("out").mkdir()
+            if n == 0:
+                assert main(args) == 0
+            else:
+                subprocess.run([str(Path(sys.executable).parent / SCRIPTS[main]), *args], check=True,
+                               capture_output=True)
+            shutil.move("out", f"run{n}")
+    in_process, script = outputs(work / "run0"), outputs(work / "run1")
+    assert in_process and sorted(script) == sorted(in_process)
+    assert not [name for name in in_process if script[name] != in_process[name]]
+
+
+@pytest.mark.parametrize("argv0, hidden", [("/venv/bin/relion-py-extract", True), ("-m", True),
+                                           ("/venv/bin/ipython", False)])
+def test_pyarrow_is_hidden_only_when_a_program_starts(argv0, hidden):
+    code = (f"import sys; sys.argv[0] = {argv0!r}; import relion_py.cli.extract; "
+            "print(sys.modules.get('pyarrow', 'absent'))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    assert (out == "None") == hidden, out
