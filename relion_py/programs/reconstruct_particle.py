@@ -27,10 +27,11 @@ from ..tomography.half_grid import half_to_centred_full
 from ..io.mrc import read_mrc, write_map, write_mrc
 from ..kernels.tomography import map_finalisation as fin
 from ..kernels.tomography import insertion_backward
+from ..kernels.tomography.extraction import CIRCLE_TABLE_BYTES
 from ..kernels.tomography.insertion_backward import insert_slices_backward, slice_matrices
 from ..runtime.job_control import check_abort, count_finished
 from ..runtime.log import info, warn
-from ..runtime.memory import check_memory, half_spectrum_bytes
+from ..runtime.memory import check_memory, half_spectrum_bytes, real_fft_bytes
 from ..runtime.cluster_options import ClusterOptions
 from ..runtime.options import ProjectInputs, check_supported, option
 from ..runtime.parallel import PerThread, numba_threads
@@ -213,9 +214,8 @@ class ParticleReconstruction:
         images."""
         frames, squares = self.tomograms.square_buffers()
         accumulators = (2 + max(1, min(self.n_acc, self.threads))) * self.n_half * half_spectrum_bytes((s,) * 3, 24)
-        shared = frames * half_spectrum_bytes((s, s), 4) + 17 * self.square ** 2
-        per_thread = (squares * (self.square ** 2 * 4 + half_spectrum_bytes((self.square,) * 2, 8))
-                      + frames * half_spectrum_bytes((s, s), 12))
+        shared = frames * half_spectrum_bytes((s, s), 4) + CIRCLE_TABLE_BYTES * self.square ** 2
+        per_thread = squares * real_fft_bytes((self.square,) * 2) + frames * half_spectrum_bytes((s, s), 12)
         check_memory(accumulators + shared + self.threads * per_thread,
                      f"the accumulators and buffers of --b {s} (--bin {self.opts.bin:g}), {self.threads} thread(s) "
                      f"and {frames} tilt images", "use a smaller box, fewer threads (--j) or a --mem limit")

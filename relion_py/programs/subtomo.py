@@ -19,7 +19,7 @@ from ..tomography.geometry import matrix_to_euler
 from ..io.mrc import write_mrc
 from ..io.star import write_star
 from ..kernels.tomography import extraction
-from ..kernels.tomography.extraction import crop_circle
+from ..kernels.tomography.extraction import CIRCLE_TABLE_BYTES, crop_circle
 from ..kernels.tomography.insertion_forward import InsertionWorkspace, insert_slices_forward
 from ..kernels.tomography.volume_filters import cone_weight
 from ..runtime.job_control import check_abort, count_finished
@@ -28,7 +28,7 @@ from ..io.atomic import remove_stale_temporaries
 from ..io.output_folder import check_writable_folder, refuse_overwriting_inputs, tidy_on_failure
 from ..runtime.cluster_options import ClusterOptions, wants_cluster
 from ..runtime.options import INPUT_GROUP, ProjectInputs, check_supported, option
-from ..runtime.memory import check_memory, half_spectrum_bytes
+from ..runtime.memory import check_memory, half_spectrum_bytes, real_fft_bytes
 from ..runtime.parallel import AHEAD, BackgroundWriter, PerThread, map_in_order
 from ..runtime.progress import Progress, summary
 from ..project.optimisation_set import OptimisationSet
@@ -519,15 +519,17 @@ def _check_memory(opts, sizes, tomograms, threads):
     the writer."""
     sq, box, crop = sizes.square, sizes.box, sizes.crop
     frames, squares = tomograms.square_buffers()
-    shared = frames * half_spectrum_bytes((box, box), 4 * (1 + opts.whiten)) + 17 * (sq * sq * opts.circle_precrop
-                                                                                    + box * box)
-    square = squares * (sq * sq * 4 + half_spectrum_bytes((sq, sq), 8))
+    shared = (frames * half_spectrum_bytes((box, box), 4 * (1 + opts.whiten))
+              + CIRCLE_TABLE_BYTES * (sq * sq * opts.circle_precrop + box * box))
+    square = squares * real_fft_bytes((sq, sq))
     if opts.stack2d:
-        per_thread = square + box * box * 4 + half_spectrum_bytes((box, box), 8) + AHEAD * frames * crop * crop * 4
+        per_thread = square + real_fft_bytes((box, box)) + AHEAD * frames * crop * crop * 4
     else:
-        volume = crop ** 3 * 4 + half_spectrum_bytes((crop,) * 3, 8 + 8 + 16)      # FFT, CTF² + multiplicity, acc
-        result = crop ** 3 * 4 + half_spectrum_bytes((crop,) * 3, 8)
-        per_thread = square + frames * (box * box * 4 + half_spectrum_bytes((box, box), 12)) + volume + AHEAD * result
+        # the volume's FFT, its CTF² + multiplicity and the interleaved accumulator; the result copies in flight
+        volume = real_fft_bytes((crop,) * 3) + half_spectrum_bytes((crop,) * 3, 8 + 16)
+        result = real_fft_bytes((crop,) * 3)
+        per_thread = (square + frames * (real_fft_bytes((box, box)) + half_spectrum_bytes((box, box), 4)) + volume
+                      + AHEAD * result)
     check_memory(shared + threads * per_thread,
                  f"the buffers of --b {opts.b} (--bin {opts.bin:g}, --crop {crop}), {threads} thread(s) and {frames} "
                  "tilt images",

@@ -2,8 +2,7 @@
 
 Without it a too-large box or padding makes a run grow until the kernel's OOM killer ends it (or the whole node,
 or, on a cluster, the SLURM job, with nothing on record but "Killed"); RELION does the same. Each program
-estimates the memory its largest buffers will certainly touch (a lower bound of its peak) and calls
-:func:`check_memory`.
+estimates the memory its largest buffers will touch and calls :func:`check_memory`.
 """
 import math
 import os
@@ -55,6 +54,12 @@ def half_spectrum_bytes(shape, itemsize):
     for side in shape[:-1]:
         n *= side
     return n
+
+
+def real_fft_bytes(shape):
+    """Bytes of one item of a :class:`~relion_py.runtime.fftw_plans.RealFFT` of real ``shape``: its float32 image
+    and its complex64 half spectrum."""
+    return 4 * math.prod(shape) + half_spectrum_bytes(shape, 8)
 
 
 def _resident_bytes():

@@ -248,6 +248,10 @@ def _crop_circle(images, mask, outside, grid, do_crop, grid_precorrect):
                     images[i, y, x] = np.float32(images[i, y, x] * grid[y, x])
 
 
+#: bytes per pixel of :func:`circle_tables`: the mask and the gridding pre-correction (float64), the outside flag
+CIRCLE_TABLE_BYTES = 8 + 8 + 1
+
+
 @functools.lru_cache(maxsize=16)
 def circle_tables(h, w, boundary, falloff):
     """The mask, outside flags and gridding pre-correction of an h x w image, the same for every image:
@@ -260,7 +264,7 @@ def circle_tables(h, w, boundary, falloff):
 
 def _precrop_tables(s0, circle_precrop):
     """The circle tables of the s0 x s0 unbinned square for the circle pre-crop, or (without it) empty tables of
-    the same types: 17 bytes a pixel that most runs never read (71 MB for a 2048-px square)."""
+    the same types: CIRCLE_TABLE_BYTES a pixel that most runs never read (71 MB for a 2048-px square)."""
     return circle_tables(s0, s0, 0.0, 5.0) if circle_precrop else circle_tables(0, 0, 0.0, 5.0)
 
 
