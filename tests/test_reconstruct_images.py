@@ -16,6 +16,7 @@ from relion_py.programs.reconstruct import ParticlesWithoutImages
 from relion_py.io.mrc import read_mrc, write_mrc
 from relion_py.io.particle_images import ImageReader
 from relion_py.runtime.errors import RelionPyError
+from relion_py.runtime.options import parse_options
 from relion_py.tomography.geometry import euler_to_matrix
 from relion_py.programs.reconstruct_images import ReconstructImagesOptions, reconstruct_images
 
@@ -314,8 +315,10 @@ def test_mixed_box_sizes(tmp_path, capsys):
     (["--refdim", "2"], "option --refdim is not supported"),
     (["--pad", "0.5"], "Padding factor cannot be less than 1."),
     (["--pad", "1e6"], "--pad 1e+06: the padded Fourier grids (4.8e+07 voxels a side, the total and a group's) need about"),
-    (["--pad", "1e300"], "--pad 1e+300: the padded Fourier grids (4.8e+301 voxels a side, the total and a group's) cannot be held in memory"),
-    (["--angpix", "1e300"], "--angpix 1e+300 is too far from the particles' pixel sizes (5 A)"),
+    (["--pad", "1e30"], "--pad 1e+30: the padded Fourier grids (4.8e+31 voxels a side, the total and a group's) need about"),
+    (["--pad", "1e300"], "--pad 1e+300 is out of range: RELION reads it in single precision (magnitudes 1.4e-45 to 3.4e+38)"),
+    (["--angpix", "1e-300"], "--angpix 1e-300 is out of range: RELION reads it in single precision"),
+    (["--maxres", "1e39"], "--maxres 1e+39 is out of range: RELION reads it in single precision"),
     (["--sym", "X7"], "symmetry"),
     (["--subset", "1", "--i", "e_subtomo_3d/particles.star"], None),
 ])
@@ -326,6 +329,14 @@ def test_bad_options(argv, message, tmp_path, capsys):
         assert status == 0          # (a valid combination, for contrast)
     else:
         assert status == 1 and message in err and len(err.splitlines()) == 1
+
+
+def test_pixel_size_too_far_from_angpix(tmp_path, capsys):
+    star = tmp_path / "huge_pixels.star"
+    shutil.copy(FIXTURES / "synthetic" / "spa2d" / "particles.star", star)
+    set_star_value(star, "rlnImagePixelSize", 0, "1e300")
+    status, err = _run(["--i", str(star), "--o", str(tmp_path / "rec.mrc"), "--angpix", "5"], capsys)
+    assert status == 1 and "--angpix 5 is too far from the particles' pixel sizes (1e+300 A)" in err
 
 
 @pytest.mark.parametrize("label, value, message", [
@@ -400,6 +411,39 @@ def test_img_replaces_the_image_folder(tmp_path):
                  "--img", str(FIXTURES / "synthetic" / "spa2d")]) == 0
     ok, report = compare_with_relion(FIXTURES / "g2_reconstruct_spa2d" / "rec.mrc", out)
     assert ok, report
+
+
+RELION_BUILT_HERE = Path(__file__).parent / "data" / "relion_built_here"
+
+
+def test_single_precision_flags_match_relion(tmp_path):
+    """relion_reconstruct reads --angpix and --maxres (among others) in single precision: with a pixel size
+    float32 cannot hold, RELION's map is matched only if relion_py computes with the same float32 values
+    (tests/data/relion_built_here/README.md)."""
+    work = mirror_fixtures(tmp_path / "project", "none")
+    shutil.copy(work / "synthetic" / "spa2d" / "particles.star", work / "spa2d_px4p4.star")
+    set_star_value(work / "spa2d_px4p4.star", "rlnImagePixelSize", 0, "4.400000")
+    with working_directory(work):
+        (work / "out").mkdir()
+        assert main(["--i", "spa2d_px4p4.star", "--o", "out/rec.mrc", "--ctf", "--angpix", "4.4",
+                     "--maxres", "19.2"]) == 0
+    ok, report = compare_with_relion(RELION_BUILT_HERE / "spa2d_single_precision_flags" / "rec.mrc",
+                                     work / "out" / "rec.mrc")
+    assert ok, report
+
+
+def test_single_precision_flags_hold_float32_values():
+    """The same rounding for the command line and the Python API; the other numbers stay doubles."""
+    single = ("maxres", "pad", "angpix", "helical_rise", "helical_twist", "blob_r", "blob_a")
+    from_api = ReconstructImagesOptions(i="p.star", maxres=19.2, pad=1.7, angpix=4.4, helical_rise=7.3,
+                                        helical_twist=21.7, blob_r=2.3, blob_a=11.7)
+    for name in single:
+        value = getattr(from_api, name)
+        assert value == float(np.float32(value)) and value != round(value, 1), name
+    parsed = parse_options(ReconstructImagesOptions, ["--i", "p.star", "--maxres", "19.2", "--blob_r", "2.3"],
+                           "relion-py-reconstruct", "")
+    assert (parsed.maxres, parsed.blob_r) == (from_api.maxres, from_api.blob_r)
+    assert ReconstructImagesOptions(mask_diameter=0.1).mask_diameter == 0.1
 
 
 def test_float16_pseudo_subtomograms_of_several_optics_groups(tmp_path):

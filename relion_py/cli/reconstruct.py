@@ -94,8 +94,7 @@ def main(argv=None, mode=None):
         return 1
     if mode == "tilt_series":
         return run_cli(PROG, lambda: _tilt_series(argv), _value(argv, "--pipeline_control") or "")
-    opts = parse_image_options(argv)
-    return run_cli(PROG, lambda: _images(opts))
+    return run_cli(PROG, lambda: _images(parse_image_options(argv)))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from ..runtime.errors import RelionPyError
 from ..runtime.log import info
 from ..runtime.memory import check_memory
 from ..runtime.cluster_options import ClusterOptions
-from ..runtime.options import check_supported, option
+from ..runtime.options import check_supported, option, round_single_precision_flags
 from ..runtime.parallel import numba_threads
 from ..runtime.partition import BATCH_SIZE, batch_bounds
 from ..runtime.progress import Progress, summary
@@ -60,13 +60,13 @@ class ReconstructImagesOptions(ClusterOptions):
                     GEN)
     sym: str = option("c1", "Symmetry group", GEN)
     maxres: float = option(-1.0, "Maximum resolution (in Angstrom) to consider in Fourier space "
-                           "(-1: Nyquist)", GEN)
-    pad: float = option(2.0, "Padding factor (oversampling of the Fourier grid, >= 1)", GEN)
+                           "(-1: Nyquist)", GEN, single=True)
+    pad: float = option(2.0, "Padding factor (oversampling of the Fourier grid, >= 1)", GEN, single=True)
     img: str = option("", "Optional: image path prefix (replaces the folder of every rlnImageName)", GEN)
     subset: int = option(-1, "Subset of images to consider (1: only half1; 2: only half2; other: all)", GEN)
     class_: int = option(-1, "Consider only this class (-1: use all classes)", GEN, metavar="CLASS", flag="class")
     angpix: float = option(-1.0, "Pixel size in the reconstruction (-1: take it from the first optics group)",
-                           GEN)
+                           GEN, single=True)
     ctf: bool = option(False, "Apply CTF correction (multiply the data by the CTF unless premultiplied; CTF² "
                        "or the rlnCtfImage volume as weights)", CTF)
     ctf_intact_first_peak: bool = option(False, "Leave CTFs intact until first peak", CTF)
@@ -89,8 +89,8 @@ class ReconstructImagesOptions(ClusterOptions):
     skip_weighting: bool = option(False, "Do not apply weighting during Ewald sphere correction", EWALD,
                                   unsupported="only used with --ewald, which is " + NOT_YET)
     nr_helical_asu: int = option(1, "Number of helical asymmetrical units", HELIX)
-    helical_rise: float = option(0.0, "Helical rise (in Angstroms)", HELIX)
-    helical_twist: float = option(0.0, "Helical twist (in degrees, + for right-handedness)", HELIX)
+    helical_rise: float = option(0.0, "Helical rise (in Angstroms)", HELIX, single=True)
+    helical_twist: float = option(0.0, "Helical twist (in degrees, + for right-handedness)", HELIX, single=True)
     normalised_subtomo: bool = option(False, "Have subtomograms been multiplicity normalised? (uses the "
                                       "multiplicity half of the rlnCtfImage volumes)", SUBTOMO)
     skip_subtomo_multi: bool = option(False, "Skip subtomo multiplicity correction (for normalised "
@@ -101,9 +101,9 @@ class ReconstructImagesOptions(ClusterOptions):
                            EXPERT, unsupported=NOT_YET)
     NN: bool = option(False, "Use nearest-neighbour instead of linear interpolation before gridding "
                       "correction (beyond --r_min_nn)", EXPERT)
-    blob_r: float = option(1.9, "Radius of blob for gridding interpolation", EXPERT)
+    blob_r: float = option(1.9, "Radius of blob for gridding interpolation", EXPERT, single=True)
     blob_m: int = option(0, "Order of blob for gridding interpolation", EXPERT)
-    blob_a: float = option(15.0, "Alpha-value of blob for gridding interpolation", EXPERT)
+    blob_a: float = option(15.0, "Alpha-value of blob for gridding interpolation", EXPERT, single=True)
     iter: int = option(10, "Number of gridding-correction iterations (only with --dont_skip_gridding)",
                        EXPERT)
     refdim: int = option(3, "Dimension of the reconstruction (2D or 3D)", EXPERT,
@@ -140,6 +140,9 @@ class ReconstructImagesOptions(ClusterOptions):
     r_min_nn: int = option(10, "Radius (output px) below which --NN still inserts trilinearly (hidden in "
                            "RELION)", EXPERT)
     j: int = option(1, "Number of threads (relion_py only: RELION's relion_reconstruct runs on one)", EXPERT)
+
+    def __post_init__(self):
+        round_single_precision_flags(self)
 
 
 @dataclass

@@ -358,7 +358,8 @@ def _half_sets(particles):
 
 def _symmetry_operators(opts, pixel_size):
     """``ReconstructParticleProgram::symmetrise``'s operator list, or None if it does not symmetrise.
-    --helical_rise / --helical_twist are read with textToFloat (float32)."""
+    QUIRK: --helical_rise / --helical_twist are read with textToFloat (float32), as relion_reconstruct's
+    ``single`` flags (:func:`relion_py.runtime.options.round_single_precision_flags`)."""
     if is_c1(opts.sym) and opts.nr_helical_asu <= 1:
         return None
     rise = float(np.float32(opts.helical_rise))
