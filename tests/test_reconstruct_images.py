@@ -341,12 +341,16 @@ def test_pixel_size_too_far_from_angpix(tmp_path, capsys):
 
 @pytest.mark.parametrize("label, value, message", [
     ("rlnAngleTilt", "nan", "rlnAngleTilt of particle 000004@synthetic/spa2d/particles.mrcs is nan;"),
-    ("rlnOriginXAngst", "inf", "rlnOriginXAngst of particle 000004@synthetic/spa2d/particles.mrcs is inf;"),
+    ("rlnOriginXAngst", "inf", "rlnOriginXAngst / pixel size of particle 000004@synthetic/spa2d/particles.mrcs is "
+                               "inf;"),
     ("rlnDefocusU", "-inf", "rlnDefocusU of particle 000004@synthetic/spa2d/particles.mrcs is -inf;"),
     ("rlnImagePixelSize", "0", "an optics group's pixel size is 0.0; it must be a positive number"),
     ("rlnImagePixelSize", "1e-300", "rec.mrc not written: the map holds NaN or Inf values"),
+    ("rlnImagePixelSize", "1e-310", "rlnOriginXAngst / pixel size of particle 000001@synthetic/spa2d/particles.mrcs "
+                                    "is inf;"),
     ("rlnImagePixelSize", "1e37", "pixel size 1e+37 A: a 48 px cell of it does not fit an MRC header"),
 ])
+@pytest.mark.filterwarnings("error")         # no numpy warning on the way to the one error line
 def test_non_finite_particle_values_are_refused(label, value, message, tmp_path, capsys):
     """RELION would drop such a particle without a word (a NaN orientation) or fill the map with NaN."""
     shutil.copytree(FIXTURES / "synthetic" / "spa2d", tmp_path / "synthetic" / "spa2d")

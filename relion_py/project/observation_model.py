@@ -255,14 +255,15 @@ def _shifts_px(particles, legacy_px, ignore_optics, rows, px_g, data_dim):
     """(n, 3) translations in pixels of each particle's group: rlnOrigin*Angst, or the 3.0-style pixel
     rlnOrigin* of a converted file (``legacy_px``); a file whose optics are ignored keeps none."""
     shifts = np.zeros((len(particles), 3))
-    for a, axis in enumerate("XYZ"):
-        if a == 2 and data_dim != 3:
-            continue
-        if legacy_px and f"rlnOrigin{axis}" in particles.columns:
-            shifts[:, a] = particles[f"rlnOrigin{axis}"].to_numpy(np.float64) * px_g[rows]
-        elif f"rlnOrigin{axis}Angst" in particles.columns:
-            shifts[:, a] = particles[f"rlnOrigin{axis}Angst"].to_numpy(np.float64)
-    shifts /= px_g[rows][:, None]
+    with np.errstate(over="ignore"):           # a huge origin or an extreme pixel size: refused as non-finite
+        for a, axis in enumerate("XYZ"):
+            if a == 2 and data_dim != 3:
+                continue
+            if legacy_px and f"rlnOrigin{axis}" in particles.columns:
+                shifts[:, a] = particles[f"rlnOrigin{axis}"].to_numpy(np.float64) * px_g[rows]
+            elif f"rlnOrigin{axis}Angst" in particles.columns:
+                shifts[:, a] = particles[f"rlnOrigin{axis}Angst"].to_numpy(np.float64)
+        shifts /= px_g[rows][:, None]
     if ignore_optics and any(f"rlnOrigin{a}" in particles.columns for a in "XYZ"):
         pix = np.concatenate([particles[f"rlnOrigin{a}"].to_numpy(np.float64) for a in "XYZ"
                               if f"rlnOrigin{a}" in particles.columns])
@@ -334,8 +335,8 @@ def load_particles(opts, reader):
     if opts.ctf and data_dim == 3 and ctf_names is None:
         raise RelionPyError("cannot find rlnCtfImage for 3D CTF correction! (give the weight volumes, or "
                             "leave out --ctf)")
-    labels = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"] + [f"rlnOrigin{a}{'' if legacy_px else 'Angst'}"
-                                                               for a in "XYZ"]
+    labels = ["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"] + [
+        f"rlnOrigin{a}" if legacy_px else f"rlnOrigin{a}Angst / pixel size" for a in "XYZ"]
     checked = [angles, shifts[sel]]
     if opts.ctf:
         labels += [label for label, _ in _CTF_LABELS]
