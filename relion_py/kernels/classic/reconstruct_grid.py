@@ -233,11 +233,13 @@ SLAB_BYTES = 4 * 2**20
 class GridInsertion:
     """Insertion of ranges of particles into an accumulator.
 
-    Particles go through in chunks of ``threads``: read, transform, weigh and resolve them into their own
-    scratch arrays in parallel (``ParticleInserter.prepare``, ``SlabEntries.resolve_*``), reserve buffer room
-    in particle order, copy them there sorted by slab in parallel, and when the buffer is full insert the
-    whole batch slab by slab (``SlabEntries.insert``). The sums are those of RELION's particle-by-particle
-    insertion, bit for bit, whatever the number of threads and the buffer's capacity.
+    A pipeline: ``threads`` workers read, transform, weigh and resolve particles (``ParticleInserter.prepare``,
+    ``SlabEntries.resolve_*``) into their own scratch arrays, up to ``threads + 1`` particles ahead, while the
+    calling thread takes them in particle order: it reserves each one's room in the entry buffer, copies its
+    entries there sorted by slab, and when the buffer is full inserts the whole batch slab by slab
+    (``SlabEntries.insert``) as the workers go on. The order of the additions depends on the particle order
+    alone: the sums are those of RELION's particle-by-particle insertion, bit for bit, whatever the number of
+    threads and the buffer's capacity.
     """
 
     def __init__(self, opts, parts, grid, n_box, angpix, data_dim, reader, threads):
@@ -246,7 +248,8 @@ class GridInsertion:
         shape = (pad, pad, pad // 2 + 1)
         self.buf = SlabEntries(shape, max(2, SLAB_BYTES // (shape[1] * shape[2] * 24)), ENTRY_BUFFER_BYTES // 48)
         self.threads = threads
-        self.scratch = [None] * threads      # one per particle of a chunk, reused chunk after chunk
+        # one scratch per particle in flight (a worker's, and the one waiting for the calling thread), reused
+        self.scratch = [None] * (threads + 1 if threads > 1 else 1)
 
     def _scratch(self, k, shape):
         if self.scratch[k] is None or len(self.scratch[k]) < np.prod(shape):
@@ -256,42 +259,49 @@ class GridInsertion:
     def insert(self, first, end, acc):
         """Add particles first:end, in order, to ``acc`` (an insertion accumulator of the grid)."""
         inserter, buf, threads = self.inserter, self.buf, self.threads
+        parts, slots = inserter.parts, len(self.scratch)
         pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        announced = first
 
-        def run(func, items):
-            if pool is None:
-                return [func(*item) for item in items]
-            return list(pool.map(lambda item: func(*item), items))
+        def announce(upto):
+            """Have the files of the particles before ``upto`` read in the background (each announced once)."""
+            nonlocal announced
+            ahead = range(announced, min(end, upto))
+            if len(ahead):
+                inserter.reader.prefetch([parts.names[p] for p in ahead],
+                                         [parts.ctf_names[p] for p in ahead if parts.ctf_names and parts.ctf_names[p]])
+                announced = ahead.stop
 
-        def prepare(p, k):
+        def prepare(p):
             f, fctf = inserter.prepare(p)
-            scratch = self._scratch(k, f.shape)
-            return p, f, fctf, scratch, inserter.resolve(p, f, fctf, buf, scratch)
+            scratch = self._scratch((p - first) % slots, f.shape)
+            return f, fctf, scratch, inserter.resolve(p, f, fctf, buf, scratch)
 
-        parts = inserter.parts
+        def start(p):
+            announce(p + 3 * slots)
+            return pool.submit(prepare, p) if pool is not None else p
+
         try:
-            for chunk in range(first, end, threads):
-                # this chunk's files and the next two chunks' are read in the background (each announced once)
-                ahead = range(chunk, min(end, chunk + 3 * threads))
-                ctf_names = [parts.ctf_names[p] for p in ahead if parts.ctf_names and parts.ctf_names[p]]
-                inserter.reader.prefetch([parts.names[p] for p in ahead], ctf_names)
-                todo = []
-                for p, f, fctf, scratch, counts in run(prepare, [(p, p - chunk) for p in
-                                                                 range(chunk, min(end, chunk + threads))]):
+            pending = [start(p) for p in range(first, min(end, first + slots))]
+            for p in range(first, end):
+                task = pending.pop(0)
+                f, fctf, scratch, counts = task.result() if pool is not None else prepare(task)
+                starts = buf.reserve(counts)
+                if starts is None:                           # buffer full: insert the batch
+                    buf.insert(acc)
                     starts = buf.reserve(counts)
-                    if starts is None:                       # buffer full: flush the batch
-                        run(buf.place, todo)
-                        todo = []
-                        buf.insert(acc)
-                        starts = buf.reserve(counts)
-                    if starts is None:                       # larger than the whole buffer
-                        inserter.insert(p, f, fctf, acc)
-                    else:
-                        todo.append((starts, scratch, counts))
-                run(buf.place, todo)
+                if starts is None:                           # larger than the whole buffer
+                    inserter.insert(p, f, fctf, acc)
+                else:
+                    buf.place(starts, scratch, counts)
+                del f, fctf
+                if p + slots < end:                          # its scratch is free again
+                    pending.append(start(p + slots))
             buf.insert(acc)
         finally:
             if pool is not None:
+                for task in pending:
+                    task.cancel()
                 pool.shutdown()
         return acc
 
