@@ -30,8 +30,10 @@ def motion(root):
     rng = np.random.default_rng(5)
     particles = starfile.read(root / "input" / "particles.star")["particles"]
     lines = ["", "# version 50001", "", "data_general", "", f"_rlnParticleNumber {len(particles)}", "", ""]
+    rows_of = {tomo: len(starfile.read(root / "input" / "tilt_series" / f"{tomo}.star"))
+               for tomo in set(particles["rlnTomoName"])}
     for tomo, name in zip(particles["rlnTomoName"], particles["rlnTomoParticleName"]):
-        rows = len(starfile.read(root / "input" / "tilt_series" / f"{tomo}.star"))
+        rows = rows_of[tomo]
         lines += ["# version 50001", "", f"data_{name}", "", "loop_", "_rlnOriginXAngst #1", "_rlnOriginYAngst #2",
                   "_rlnOriginZAngst #3"]
         lines += [" ".join(f"{v:12.6f}" for v in row) for row in np.cumsum(rng.normal(0, 0.8, (rows, 3)), axis=0)]

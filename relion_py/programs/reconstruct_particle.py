@@ -33,7 +33,7 @@ from ..runtime.job_control import check_abort, count_finished
 from ..runtime.log import info, warn
 from ..runtime.memory import check_memory, half_spectrum_bytes, real_fft_bytes
 from ..runtime.cluster_options import ClusterOptions
-from ..runtime.options import ProjectInputs, check_supported, option
+from ..runtime.options import ProjectInputs, check_supported, option, round_single_precision_flags
 from ..runtime.parallel import PerThread, numba_threads
 from ..runtime.partition import OrderedReduction, batch_bounds, group_bounds
 from ..runtime.progress import Progress, summary
@@ -68,8 +68,8 @@ class ReconstructParticleOptions(ClusterOptions, ProjectInputs):
     cutoff_fract: float = option(0.01, "Ignore shells for which the dose weight falls below this value", REC)
     sym: str = option("C1", "Symmetry group", SYM)
     nr_helical_asu: int = option(1, "Number of helical asymmetrical units", SYM)
-    helical_rise: float = option(0.0, "Helical rise (in Angstroms)", SYM)
-    helical_twist: float = option(0.0, "Helical twist (in degrees, + for right-handedness)", SYM)
+    helical_rise: float = option(0.0, "Helical rise (in Angstroms)", SYM, single=True)
+    helical_twist: float = option(0.0, "Helical twist (in degrees, + for right-handedness)", SYM, single=True)
     mem: int = option(-1, "Max. amount of memory (in GB) for the accumulators (--j_out will be reduced)", RUN)
     j: int = option(6, "Number of threads (symmetrisation, FFTs, 2-D image processing)", RUN)
     j_in: int = option(3, "Inner threads (RELION: threads per particle); here the thread count is the larger of "
@@ -82,6 +82,9 @@ class ReconstructParticleOptions(ClusterOptions, ProjectInputs):
     no_recon: bool = option(False, "Only backproject, do not reconstruct (for benchmarking)", RUN)
     pipeline_control: str = option("", "RELION pipeline control directory (RELION_JOB_EXIT_SUCCESS is "
                                    "written there)", RUN, metavar="DIR")
+
+    def __post_init__(self):
+        round_single_precision_flags(self)
 
 
 @dataclass
@@ -102,6 +105,8 @@ def command_line(opts, prog="relion-py-reconstruct"):
         value = getattr(opts, f.name)
         if value == f.default:
             continue
+        if f.metadata.get("single"):
+            value = np.float32(value)           # as typed: 7.3, not the float32 value's 7.300000190734863
         words += [f"--{f.name}"] if isinstance(value, bool) else [f"--{f.name}", str(value)]
     return words
 
@@ -357,14 +362,12 @@ def _half_sets(particles):
 
 
 def _symmetry_operators(opts, pixel_size):
-    """``ReconstructParticleProgram::symmetrise``'s operator list, or None if it does not symmetrise.
-    QUIRK: --helical_rise / --helical_twist are read with textToFloat (float32), as relion_reconstruct's
-    ``single`` flags (:func:`relion_py.runtime.options.round_single_precision_flags`)."""
+    """``ReconstructParticleProgram::symmetrise``'s operator list, or None if it does not symmetrise
+    (--helical_rise / --helical_twist hold their float32 values: ``single`` flags)."""
     if is_c1(opts.sym) and opts.nr_helical_asu <= 1:
         return None
-    rise = float(np.float32(opts.helical_rise))
-    twist = float(np.float32(opts.helical_twist))
-    return tomo_symmetry_matrices(opts.sym, opts.nr_helical_asu, twist, rise / pixel_size)
+    return tomo_symmetry_matrices(opts.sym, opts.nr_helical_asu, opts.helical_twist,
+                                  opts.helical_rise / pixel_size)
 
 
 class _TomogramBackprojection:

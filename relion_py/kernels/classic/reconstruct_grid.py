@@ -281,8 +281,9 @@ class GridInsertion:
             announce(p + 3 * slots)
             return pool.submit(prepare, p) if pool is not None else p
 
+        pending = []
         try:
-            pending = [start(p) for p in range(first, min(end, first + slots))]
+            pending.extend(start(p) for p in range(first, min(end, first + slots)))
             for p in range(first, end):
                 task = pending.pop(0)
                 f, fctf, scratch, counts = task.result() if pool is not None else prepare(task)
