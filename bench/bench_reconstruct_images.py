@@ -103,14 +103,17 @@ def test_stage_breakdown(benchmark):
     """ms per particle of each stage of ``GridInsertion.insert`` for 96³ pseudo-subtomograms: prepare (read
     the data and weights, convert, FFT, shift, CTF weights; of which the reads and the FFT, timed apart),
     resolve (the voxel loop of backrotate3D), place (the entries sorted by slab into the batch buffer) and
-    insert (the batch added to the grid slab by slab, per particle)."""
+    insert (the batch added to the grid slab by slab, per particle); and, for comparison, direct: the same
+    particles inserted one by one without the entry buffer (``backrotate_3d``, RELION's way), what the buffer's
+    memory buys."""
     import time
     import scipy.fft
     from relion_py.io.particle_images import image_path
     from relion_py.io.mrc import read_mrc_data
     from relion_py.programs.reconstruct_images import ImageReconstruction, ReconstructImagesOptions
     n = int(os.environ.get("RELION_PY_BENCH_3D_N", "96"))
-    times = dict(prepare=0.0, of_which_reads=0.0, of_which_fft=0.0, resolve=0.0, place=0.0, insert=0.0)
+    times = dict(prepare=0.0, of_which_reads=0.0, of_which_fft=0.0, resolve=0.0, place=0.0, insert=0.0,
+                 direct=0.0)
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         _write_pseudo_subtomograms(Path(tmp), n, 96)
@@ -119,7 +122,7 @@ def test_stage_breakdown(benchmark):
             run = ImageReconstruction(ReconstructImagesOptions(i="particles.star", o="rec.mrc", three_d_rot=True,
                                                                ctf=True))
             inserter, buf, parts = run.insertion.inserter, run.insertion.buf, run.parts
-            acc, scratch = run.accumulator(), buf.scratch((96, 96, 49))
+            acc, direct, scratch = run.accumulator(), run.accumulator(), buf.scratch((96, 96, 49))
 
             def clock(stage, func, *args):
                 t0 = time.perf_counter()
@@ -133,6 +136,7 @@ def test_stage_breakdown(benchmark):
                     data = clock("of_which_reads", read_mrc_data, image_path(parts.names[p])[0])
                     clock("of_which_reads", read_mrc_data, image_path(parts.ctf_names[p])[0])
                     clock("of_which_fft", scipy.fft.rfftn, data.astype(np.float64))
+                    clock("direct", inserter.insert, p, f, fctf, direct)
                     counts = clock("resolve", inserter.resolve, p, f, fctf, buf, scratch)
                     starts = buf.reserve(counts)
                     if starts is None:
