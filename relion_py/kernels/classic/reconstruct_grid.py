@@ -222,8 +222,9 @@ class ParticleInserter:
 
 #: Memory for resolved insertion entries (48 bytes each): about 20 pseudo-subtomograms of 96³ per batch. Only
 #: speed and memory depend on it, not the sums: each batch is one more pass over the padded grid (bench e,
-#: --j 1 / --j 2: 256 MiB 34.7 / 24.0 s, 740 / 803 MiB peak RSS; 128 MiB 35.7 / 25.6 s, 616 / 684 MiB; the
-#: smaller buffer would bring e at --j 2 too close to 3.5× RELION's time, issue 18).
+#: --j 1 / --j 2: 256 MiB 34.7 / 24.0 s, 740 / 803 MiB peak RSS; 128 MiB 35.7 / 25.6 s, 616 / 684 MiB). No
+#: size brings e down to RELION's memory (bench/reconstruct_images.md, "Why e stays above RELION's memory"), so
+#: the buffer is sized for speed.
 ENTRY_BUFFER_BYTES = 256 * 2**20
 #: Target size of one slab of the padded grid: its planes stay in the cache while a batch passes, and a splat
 #: that reaches into the next slab is stored twice (in 1 of 9 planes for the 195³ grid of a 96³ box).
