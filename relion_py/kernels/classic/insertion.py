@@ -252,6 +252,8 @@ def _walk_3d(acc, f3d, fctf, ainv, r_max_ref_2, r_min_nn_ref_2, nn, center_sign,
                     _add_entry(acc, off, xp, yp, zp, vr, vi, wt, mode, 0, acc.shape[0])
 
 
+# the direct walks' counts and entries: never written, but typed (Numba prunes a branch only on an argument
+# that is None, so a walk given an accumulator still compiles the resolving branch)
 _UNUSED_COUNTS = np.zeros(1, np.int64)
 _UNUSED_ENTRIES = np.zeros((1, 6))
 
